@@ -158,9 +158,8 @@ class PeftConfig:
             target_cls = cls
             if peft_type is not None and str(peft_type).upper() != cls.PEFT_TYPE.value:
                 raise ValueError(
-                    f"this adapter config is for {peft_type}, not {cls.PEFT_TYPE.value}; "
-                    f"load it with PeftConfig.from_pretrained (which picks the right method) "
-                    f"or use {get_method(peft_type).config_cls.__name__}"
+                    f"this adapter config is for {peft_type}, not {cls.PEFT_TYPE.value}; load it with "
+                    f"PeftConfig.from_pretrained, which picks the method from the file"
                 )
         known = {f.name for f in dataclasses.fields(target_cls) if f.init}
         kwargs = {k: v for k, v in data.items() if k in known and k != "extra_keys"}

@@ -89,7 +89,8 @@ class LoraLayer(AdapterLayer):
     def forget_adapter(self, adapter_name: str) -> None:
         for table in (self.r, self.scaling, self._merged_norms):
             table.pop(adapter_name, None)
-        self.lora_dropout.pop(adapter_name, None)
+        if adapter_name in self.lora_dropout:
+            del self.lora_dropout[adapter_name]
 
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
         return self.to_base_layout(self.delta_out_first(adapter_name))
