@@ -1,0 +1,1 @@
+"""Gradio pages: one file per tab. Widgets <-> typed configs; no tensors here."""

