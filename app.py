@@ -7,10 +7,14 @@ import logging
 import os
 import threading
 
+from pathlib import Path
+
 import gradio as gr
 
 from pages import planner
 from peft_core.presets import DEFAULT_LLM, resolve_model
+
+CSS = Path(__file__).parent / "assets" / "studio.css"
 
 
 def build_app() -> gr.Blocks:
@@ -28,7 +32,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Prepare the offline default model while the page loads (once; ~20 s the first time).
     threading.Thread(target=resolve_model, args=(DEFAULT_LLM,), daemon=True).start()
-    build_app().launch(server_name=args.host, server_port=args.port)
+    build_app().launch(server_name=args.host, server_port=args.port, css_paths=[CSS])
 
 
 if __name__ == "__main__":

@@ -193,11 +193,8 @@ class PeftModel(nn.Module):
         token: str | None = None,
     ) -> PeftModel:
         """Load an adapter (local directory or Hub id) onto ``model``."""
-        hub_kwargs = dict(subfolder=subfolder, revision=revision, token=token)
-        config = config or PeftConfig.from_pretrained(model_id, **hub_kwargs)
-        config = dataclasses.replace(config, inference_mode=not is_trainable)
+        config, state_dict = _read_adapter(model_id, config, is_trainable, allow_pickle, subfolder, revision, token)
         wrapper = cls if cls is not PeftModel else task_model_class(config.task_type)
-        state_dict = serialization.load_adapter_weights(model_id, allow_pickle=allow_pickle, **hub_kwargs)
         peft_model = wrapper(model, config, adapter_name)
         serialization.set_peft_model_state_dict(peft_model, state_dict, adapter_name)
         if not is_trainable:
@@ -215,10 +212,7 @@ class PeftModel(nn.Module):
         token: str | None = None,
     ) -> None:
         """Load another adapter next to the present ones (inactive until ``set_adapter``)."""
-        hub_kwargs = dict(subfolder=subfolder, revision=revision, token=token)
-        config = PeftConfig.from_pretrained(model_id, **hub_kwargs)
-        config = dataclasses.replace(config, inference_mode=not is_trainable)
-        state_dict = serialization.load_adapter_weights(model_id, allow_pickle=allow_pickle, **hub_kwargs)
+        config, state_dict = _read_adapter(model_id, None, is_trainable, allow_pickle, subfolder, revision, token)
         self.add_adapter(adapter_name, config)
         try:
             serialization.set_peft_model_state_dict(self, state_dict, adapter_name)
@@ -246,6 +240,22 @@ class PeftModel(nn.Module):
                 fh.write(card)
 
         return hub.push_folder(save, repo_id, token=token, private=private, commit_message=commit_message)
+
+
+def _read_adapter(
+    model_id: str | os.PathLike,
+    config: PeftConfig | None,
+    is_trainable: bool,
+    allow_pickle: bool,
+    subfolder: str | None,
+    revision: str | None,
+    token: str | None,
+) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
+    """An adapter's config (unless given) and tensors, from a folder or the Hub."""
+    hub_kwargs = dict(subfolder=subfolder, revision=revision, token=token)
+    config = config or PeftConfig.from_pretrained(model_id, **hub_kwargs)
+    config = dataclasses.replace(config, inference_mode=not is_trainable)
+    return config, serialization.load_adapter_weights(model_id, allow_pickle=allow_pickle, **hub_kwargs)
 
 
 class PeftModelForCausalLM(PeftModel):

@@ -194,6 +194,7 @@ class AdapterModel(nn.Module):
 
     # -- merging and unloading -------------------------------------------------
     def merge_adapter(self, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
+        self._warn_about_tied_weights()
         for _, layer in self.adapter_layers():
             layer.merge(adapter_names, safe_merge=safe_merge)
 
@@ -210,6 +211,8 @@ class AdapterModel(nn.Module):
         return self._unwrap(merge=False)
 
     def _unwrap(self, merge: bool, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> nn.Module:
+        if merge:
+            self._warn_about_tied_weights()
         for key, layer in list(self.adapter_layers()):
             if merge:
                 layer.merge(adapter_names, safe_merge=safe_merge)
@@ -219,6 +222,19 @@ class AdapterModel(nn.Module):
         for key, wrapper in list(self.saved_module_wrappers()):
             self._replace(key, wrapper.active_module if merge else wrapper.original_module)
         return self.model
+
+    def _warn_about_tied_weights(self) -> None:
+        """Merging into a weight another module shares (tied embeddings) changes that module too."""
+        uses: dict[int, int] = {}
+        for _, param in self.model.named_parameters(remove_duplicate=False):
+            uses[id(param)] = uses.get(id(param), 0) + 1
+        for key, layer in self.adapter_layers():
+            weight = getattr(layer.base_layer, "weight", None)
+            if weight is not None and uses.get(id(weight), 0) > 1:
+                logger.warning(
+                    "%s shares its weight with another module (tied embeddings); merging the adapter "
+                    "changes both. Keep the adapter unmerged, or untie the weights first.", key
+                )
 
     def _replace(self, key: str, new: nn.Module) -> None:
         parent_key, _, child = key.rpartition(".")

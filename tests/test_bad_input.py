@@ -156,3 +156,9 @@ def test_unknown_config_keys_are_kept_and_ignored(tmp_path, caplog):
     assert "brand_new_option" in caplog.text and "use_qalora" not in caplog.text
     loaded.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["brand_new_option"] == 3
+
+
+def test_merging_into_tied_embeddings_warns(caplog):
+    model = get_peft_model(MODELS["gpt2"].fresh(), LoraConfig(target_modules=["wte"]))
+    model.merge_adapter()
+    assert "transformer.wte shares its weight with another module" in caplog.text

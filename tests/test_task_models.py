@@ -87,3 +87,32 @@ def test_lora_trains_and_loss_goes_down(checkpointing):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", ["gpt2", "vit"])
+def test_dora_recomputes_the_base_output_when_dropout_is_on(name):
+    """With dropout the base output must be recomputed on the dropped input; at p=0 it equals the eval path."""
+    tiny = MODELS[name]
+    targets = {"gpt2": ["c_attn", "c_fc"], "vit": ["q_proj", "projection"]}[name]
+    torch.manual_seed(0)
+    base = tiny.fresh()
+    with torch.no_grad():  # non-zero biases, which the recomputed base output must leave out
+        for param_name, param in base.named_parameters():
+            if param_name.endswith("bias"):
+                param.normal_()
+    model = get_peft_model(base, LoraConfig(task_type=tiny.task_type, use_dora=True, lora_dropout=0.5,
+                                                    target_modules=targets, init_lora_weights=False))
+    with torch.no_grad():  # as after training: magnitudes no longer equal the weight norms
+        for param_name, param in model.named_parameters():
+            if "lora_magnitude_vector" in param_name:
+                param.mul_(1.5)
+    model.eval()
+    expected = model(**tiny.inputs()).logits
+    for module in model.modules():
+        if hasattr(module, "lora_dropout") and "default" in module.lora_dropout:
+            module.lora_dropout["default"] = torch.nn.Dropout(p=0.0)  # a real dropout module that drops nothing
+    model.train()
+    for module in model.modules():  # keep the base model's own dropout out of it
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    torch.testing.assert_close(model(**tiny.inputs()).logits, expected, rtol=1e-5, atol=1e-5)

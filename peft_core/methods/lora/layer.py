@@ -151,12 +151,29 @@ class LoraLayer(AdapterLayer):
             original = adapted - self.delta_out_first(adapter_name).float()
             weights.set_dense_weight(self.base_layer, self.to_base_layout(original))
 
-    def _dropout_active(self, adapter_name: str) -> bool:
-        return self.training and not isinstance(self.lora_dropout[adapter_name], nn.Identity)
+    def base_output_without_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """The base layer's output for ``x`` without its bias (DoRA with dropout needs it)."""
+        raise NotImplementedError
 
-    def _base_output_without_bias(self, result: torch.Tensor) -> torch.Tensor:
-        bias = getattr(self.base_layer, "bias", None)
-        return result - bias.reshape(self.magnitude_shape) if bias is not None else result
+    def add_delta(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """``result + scaling * B(A(dropout(x)))``; with DoRA, rescaled by magnitude / norm."""
+        A, B = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        scaling = self.scaling[adapter_name]
+        x = x.to(A.weight.dtype)
+        dropout = self.lora_dropout[adapter_name]
+        dropped = self.training and not isinstance(dropout, nn.Identity)
+        if dropped:
+            x = dropout(x)
+        lora = B(A(x))
+        if not self.is_dora(adapter_name):
+            return result + (lora * scaling).to(result.dtype)
+        if dropped:  # the base output saw the undropped input; recompute it
+            base = self.base_output_without_bias(x)
+        else:
+            bias = getattr(self.base_layer, "bias", None)
+            base = (result - bias.reshape(self.magnitude_shape) if bias is not None else result).to(x.dtype)
+        scale = self.dora_scale(adapter_name)
+        return result + ((scale - 1) * base + scale * lora * scaling).to(result.dtype)
 
 
 class LoraLinear(LoraLayer):
@@ -186,24 +203,8 @@ class LoraLinear(LoraLayer):
     def to_base_layout(self, out_first: torch.Tensor) -> torch.Tensor:
         return out_first.T if self.fan_in_fan_out else out_first
 
-    def add_delta(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        A, B = self.lora_A[adapter_name], self.lora_B[adapter_name]
-        scaling = self.scaling[adapter_name]
-        x = x.to(A.weight.dtype)
-        if self._dropout_active(adapter_name):
-            x = self.lora_dropout[adapter_name](x)
-            dropped = True
-        else:
-            dropped = False
-        lora = B(A(x))
-        if not self.is_dora(adapter_name):
-            return result + (lora * scaling).to(result.dtype)
-        if dropped:  # the base output saw the undropped input; recompute it
-            base = F.linear(x, self.base_weight_out_first().to(x.dtype))
-        else:
-            base = self._base_output_without_bias(result).to(x.dtype)
-        scale = self.dora_scale(adapter_name)
-        return result + ((scale - 1) * base + scale * lora * scaling).to(result.dtype)
+    def base_output_without_bias(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.base_weight_out_first().to(x.dtype))
 
 
 class LoraConv2d(LoraLayer):
@@ -230,24 +231,9 @@ class LoraConv2d(LoraLayer):
     def base_weight_out_first(self) -> torch.Tensor:
         return self.base_layer.weight
 
-    def add_delta(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        A, B = self.lora_A[adapter_name], self.lora_B[adapter_name]
-        scaling = self.scaling[adapter_name]
-        x = x.to(A.weight.dtype)
-        dropped = self._dropout_active(adapter_name)
-        if dropped:
-            x = self.lora_dropout[adapter_name](x)
-        lora = B(A(x))
-        if not self.is_dora(adapter_name):
-            return result + (lora * scaling).to(result.dtype)
-        base_layer = self.base_layer
-        if dropped:
-            weight = base_layer.weight.to(x.dtype)
-            base = F.conv2d(x, weight, None, base_layer.stride, base_layer.padding, base_layer.dilation)
-        else:
-            base = self._base_output_without_bias(result).to(x.dtype)
-        scale = self.dora_scale(adapter_name)
-        return result + ((scale - 1) * base + scale * lora * scaling).to(result.dtype)
+    def base_output_without_bias(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        return F.conv2d(x, base.weight.to(x.dtype), None, base.stride, base.padding, base.dilation)
 
 
 class LoraEmbedding(LoraLayer):
