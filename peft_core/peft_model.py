@@ -40,7 +40,20 @@ class PeftModel(nn.Module):
 
     # -- basics ---------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
+        outputs = self.base_model(*args, **kwargs)
+        if self.training and getattr(outputs, "loss", None) is not None:
+            extra = self.base_model.regularization_loss()
+            if extra is not None:
+                outputs.loss = outputs.loss + extra
+        return outputs
+
+    def on_optimizer_step(self, global_step: int) -> None:
+        """Let the method update itself after an optimizer step (a no-op for most methods).
+
+        Training loops call it after ``optimizer.step()`` and before
+        ``optimizer.zero_grad()``; peft_core's trainer does.
+        """
+        self.base_model.on_optimizer_step(global_step)
 
     def __getattr__(self, name: str) -> Any:
         try:

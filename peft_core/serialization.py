@@ -35,8 +35,8 @@ def get_peft_model_state_dict(model: PeftModel, adapter_name: str = "default") -
     """The adapter's tensors under the names the PEFT library uses."""
     if adapter_name not in model.peft_config:
         raise ValueError(f"no adapter named {adapter_name!r}; this model has: {list(model.peft_config)}")
-    tensors = model.base_model.adapter_tensors(adapter_name)
-    return {PREFIX + key: tensor.detach() for key, tensor in tensors.items()}
+    tensors = model.base_model.tensors_to_save(adapter_name)
+    return {PREFIX + key: tensor for key, tensor in tensors.items()}
 
 
 def set_peft_model_state_dict(model: PeftModel, state_dict: dict[str, torch.Tensor], adapter_name: str = "default") -> None:

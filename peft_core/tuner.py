@@ -59,6 +59,18 @@ class AdapterModel(nn.Module):
         """Base-model parameters the adapter also trains and saves (e.g. biases)."""
         return {}
 
+    # -- training hooks: the trainer calls these; most methods need neither ----
+    def regularization_loss(self) -> torch.Tensor | None:
+        """A term ``PeftModel.forward`` adds to the task loss while training (AdaLoRA's orthogonality)."""
+        return None
+
+    def on_optimizer_step(self, global_step: int) -> None:
+        """Called after each optimizer step, before gradients are zeroed (AdaLoRA's rank budget)."""
+
+    def tensors_to_save(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """What ``save_pretrained`` writes; a method may prune (AdaLoRA drops masked ranks)."""
+        return {key: tensor.detach() for key, tensor in self.adapter_tensors(adapter_name).items()}
+
     # -- model access ---------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)

@@ -12,12 +12,12 @@ from dataclasses import replace
 import peft
 import pytest
 import torch
-from methods import METHODS
+from method_rows import METHODS, cases
 from models import MODELS, logits, twin
 
 from peft_core import PeftModel, get_peft_model
 
-CASES = [(m, k) for m in MODELS for k in METHODS]
+CASES = cases(MODELS, where=lambda row: row.interop)
 IDS = [f"{m}-{k}" for m, k in CASES]
 
 
