@@ -2,7 +2,13 @@
 
 from peft_core.config import PeftConfig, PeftType, TaskType
 from peft_core.kbit import prepare_model_for_kbit_training
-from peft_core.methods import LoraConfig
+from peft_core.methods import (
+    LoraConfig,
+    MultitaskPromptTuningConfig,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+)
 from peft_core.peft_model import (
     PeftModel,
     PeftModelForCausalLM,
@@ -20,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LoraConfig",
     "MethodSpec",
+    "MultitaskPromptTuningConfig",
     "PeftConfig",
     "PeftModel",
     "PeftModelForCausalLM",
@@ -28,6 +35,9 @@ __all__ = [
     "PeftModelForSequenceClassification",
     "PeftModelForTokenClassification",
     "PeftType",
+    "PrefixTuningConfig",
+    "PromptEncoderConfig",
+    "PromptTuningConfig",
     "PickleRefusedError",
     "TaskType",
     "get_method",

@@ -35,6 +35,7 @@ class PeftModel(nn.Module):
         super().__init__()
         if isinstance(model, PeftModel):
             raise ValueError("this model already has adapters; use add_adapter() to add another one")
+        check_task(peft_config)
         spec = get_method(peft_config.peft_type)
         self.base_model = spec.model_cls(model, self._with_task_defaults(peft_config, model), adapter_name)
 
@@ -89,6 +90,7 @@ class PeftModel(nn.Module):
     # -- several adapters -----------------------------------------------------
     def add_adapter(self, adapter_name: str, peft_config: PeftConfig) -> None:
         """Add a new adapter (inactive until ``set_adapter``)."""
+        check_task(peft_config)
         self.base_model.add_adapter(adapter_name, self._with_task_defaults(peft_config, self.get_base_model()))
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
@@ -255,6 +257,18 @@ class PeftModel(nn.Module):
         return hub.push_folder(save, repo_id, token=token, private=private, commit_message=commit_message)
 
 
+def check_task(config: PeftConfig) -> None:
+    """Refuse a method for a task it cannot train, naming the ones that fit."""
+    spec = get_method(config.peft_type)
+    task = config.task_type
+    if task is None and config.is_prompt_learning:
+        fits = ", ".join(sorted(t.value for t in spec.tasks))
+        raise ValueError(f"{spec.title} needs a task_type to know where its tokens go; one of: {fits}")
+    if task is not None and task not in spec.tasks:
+        fits = ", ".join(sorted(t.value for t in spec.tasks))
+        raise ValueError(f"{spec.title} does not fit task {task.value}; it fits: {fits}")
+
+
 def _read_adapter(
     model_id: str | os.PathLike,
     config: PeftConfig | None,
@@ -275,14 +289,14 @@ class PeftModelForCausalLM(PeftModel):
     """Decoder-only language models (GPT-2, Llama, ...)."""
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return self.get_base_model().generate(*args, **kwargs)
+        return self.base_model.generate(*args, **kwargs)
 
 
 class PeftModelForSeq2SeqLM(PeftModel):
     """Encoder-decoder language models (T5, BART, ...)."""
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return self.get_base_model().generate(*args, **kwargs)
+        return self.base_model.generate(*args, **kwargs)
 
 
 class PeftModelForSequenceClassification(PeftModel):

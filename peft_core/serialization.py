@@ -35,14 +35,14 @@ def get_peft_model_state_dict(model: PeftModel, adapter_name: str = "default") -
     """The adapter's tensors under the names the PEFT library uses."""
     if adapter_name not in model.peft_config:
         raise ValueError(f"no adapter named {adapter_name!r}; this model has: {list(model.peft_config)}")
-    tensors = model.base_model.tensors_to_save(adapter_name)
-    return {PREFIX + key: tensor for key, tensor in tensors.items()}
+    return dict(model.base_model.tensors_to_save(adapter_name))
 
 
 def set_peft_model_state_dict(model: PeftModel, state_dict: dict[str, torch.Tensor], adapter_name: str = "default") -> None:
     """Copy PEFT-named tensors into adapter ``adapter_name``; strict, with clear errors."""
     state_dict = _drop_redundant_keys(state_dict)
-    expected = {PREFIX + key: t for key, t in model.base_model.adapter_tensors(adapter_name).items()}
+    model.base_model.prepare_for_loading(adapter_name)
+    expected = model.base_model.adapter_tensors(adapter_name)
     base_name = model.peft_config[adapter_name].base_model_name_or_path
     made_for = f" (its config names base model {base_name!r})" if base_name else ""
     extra = [k for k in state_dict if k not in expected]

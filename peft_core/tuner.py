@@ -75,6 +75,9 @@ class AdapterModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.generate(*args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
@@ -253,19 +256,32 @@ class AdapterModel(nn.Module):
         parent = self.model.get_submodule(parent_key) if parent_key else self.model
         setattr(parent, child, new)
 
-    # -- the adapter's tensors, PEFT-format names relative to ``self.model`` ----
+    # -- the adapter's tensors under their full PEFT-format names ----------------
+    # Injected methods' names start with "base_model.model." (the user's model
+    # sits at PeftModel.base_model.model); prompt methods name theirs differently.
+    key_prefix: ClassVar[str] = "base_model.model."
+
     def adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """Live tensors (parameters and buffers) of one adapter, keyed by PEFT name."""
         out: dict[str, torch.Tensor] = {}
         for key, layer in self.adapter_layers():
             for local, param in layer.adapter_parameters(adapter_name):
                 out[f"{key}.{local}"] = param
+        out.update(self.saved_module_tensors(adapter_name))
+        out.update(self.extra_trainable(adapter_name))
+        return {self.key_prefix + key: tensor for key, tensor in out.items()}
+
+    def saved_module_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """The adapter's copies of ``modules_to_save``, under the original modules' names."""
+        out: dict[str, torch.Tensor] = {}
         for key, wrapper in self.saved_module_wrappers():
             if adapter_name in wrapper.modules_to_save:
                 for local, tensor in wrapper.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
                     out[f"{key}.{local}"] = tensor
-        out.update(self.extra_trainable(adapter_name))
         return out
+
+    def prepare_for_loading(self, adapter_name: str) -> None:
+        """Hook before saved tensors are copied in (a method may reshape itself to the file's form)."""
 
 
 def _prefixes(key: str) -> list[str]:

@@ -8,6 +8,7 @@ change the output).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -24,9 +25,14 @@ class MethodRow:
     identity_at_init: bool = True  # injecting it changes no output
     models: tuple[str, ...] | None = None  # the tiny models it fits (None: all)
     interop: bool = True  # the real peft library can load it
+    interop_models: tuple[str, ...] | None = None  # where the interop tests run (None: every model it fits)
+    forward_kwargs: dict = dataclasses.field(default_factory=dict)  # extra inputs the adapted model needs
 
     def fits(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+    def interops_on(self, model: str) -> bool:
+        return self.interop and self.fits(model) and (self.interop_models is None or model in self.interop_models)
 
 
 def _collect() -> dict[str, MethodRow]:
@@ -43,6 +49,11 @@ def _collect() -> dict[str, MethodRow]:
 METHODS: dict[str, MethodRow] = _collect()
 
 
-def cases(models, *, where: Callable[[MethodRow], bool] = lambda row: True) -> list[tuple[str, str]]:
-    """(model, method) pairs of the matrix, filtered by ``where``."""
-    return [(m, k) for m in models for k, row in METHODS.items() if row.fits(m) and where(row)]
+def cases(models, *, where: Callable[[MethodRow, str], bool] = lambda row, model: True) -> list[tuple[str, str]]:
+    """(model, method) pairs of the matrix, filtered by ``where(row, model)``."""
+    return [(m, k) for m in models for k, row in METHODS.items() if row.fits(m) and where(row, m)]
+
+
+def adapted(method: str, inputs: dict) -> dict:
+    """The inputs for the model with the adapter (some methods need more, e.g. task_ids)."""
+    return {**inputs, **METHODS[method].forward_kwargs}
