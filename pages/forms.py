@@ -8,6 +8,7 @@ widgets; lists of names are comma-separated text.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -61,10 +62,14 @@ def widget(field: FormField) -> gr.components.Component:
     if field.kind == "float":
         return gr.Number(value=field.default, label=label, info=field.help)
     if field.kind == "choice":
-        labels = [str(c) for c in field.choices]
-        return gr.Dropdown(choices=labels, value=str(field.default), label=label, info=field.help)
+        labels = [choice_label(c) for c in field.choices]
+        return gr.Dropdown(choices=labels, value=choice_label(field.default), label=label, info=field.help)
     text = "" if field.default is None else ", ".join(map(str, field.default)) if isinstance(field.default, list) else str(field.default)
     return gr.Textbox(value=text, label=label, info=field.help)
+
+
+def choice_label(choice: Any) -> str:
+    return choice.value if isinstance(choice, enum.Enum) else str(choice)
 
 
 def to_settings(fields: list[FormField], values: list[Any]) -> dict[str, Any]:
@@ -77,7 +82,7 @@ def to_settings(fields: list[FormField], values: list[Any]) -> dict[str, Any]:
 
 def _parse(field: FormField, value: Any) -> Any:
     if field.kind == "choice":
-        by_label = {str(c): c for c in field.choices}
+        by_label = {choice_label(c): c for c in field.choices}
         if value not in by_label:
             raise ValueError(f"{field.name}: pick one of {', '.join(by_label)}")
         return by_label[value]

@@ -3,6 +3,10 @@
 from peft_core.config import PeftConfig, PeftType, TaskType
 from peft_core.kbit import prepare_model_for_kbit_training
 from peft_core.methods import (
+    AdaLoraConfig,
+    IA3Config,
+    LoHaConfig,
+    LoKrConfig,
     LoraConfig,
     MultitaskPromptTuningConfig,
     PrefixTuningConfig,
@@ -24,6 +28,10 @@ from peft_core.serialization import PickleRefusedError, get_peft_model_state_dic
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaLoraConfig",
+    "IA3Config",
+    "LoHaConfig",
+    "LoKrConfig",
     "LoraConfig",
     "MethodSpec",
     "MultitaskPromptTuningConfig",

@@ -35,6 +35,9 @@ class TaskType(str, enum.Enum):
     IMAGE_CLS = "IMAGE_CLS"
 
 
+# What ``bias`` may say in the methods that have it (LoRA, AdaLoRA).
+BIAS_CHOICES = ("none", "all", "lora_only")
+
 # Task types the PEFT library accepts in adapter_config.json.
 PEFT_LIBRARY_TASK_TYPES = frozenset(t for t in TaskType if t is not TaskType.IMAGE_CLS)
 
@@ -203,9 +206,10 @@ class PeftConfig:
         path = resolve_adapter_file(path_or_hub_id, CONFIG_NAME, subfolder=subfolder, revision=revision, token=token)
         return cls.from_json_file(path)
 
-    def fields_for_ui(self) -> list[dataclasses.Field]:
-        """The fields a form should show, in declaration order."""
-        return [f for f in dataclasses.fields(self) if f.metadata.get("ui", True)]
+    @classmethod
+    def fields_for_ui(cls) -> list[dataclasses.Field]:
+        """The fields a form should show, in declaration order (no instance needed: some fields are required)."""
+        return [f for f in dataclasses.fields(cls) if f.metadata.get("ui", True)]
 
 
 # Keys the PEFT library writes that say nothing about the adapter's math.

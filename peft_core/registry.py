@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from torch import nn
+
 from peft_core.config import PeftType, TaskType
 
 if TYPE_CHECKING:
@@ -60,6 +62,11 @@ def list_methods(task: TaskType | str | None = None) -> list[MethodSpec]:
         return specs
     task = TaskType(task) if not isinstance(task, TaskType) else task
     return [s for s in specs if task in s.tasks]
+
+
+def methods_for(task: TaskType | str, model: nn.Module) -> list[MethodSpec]:
+    """The methods that can train ``task`` on ``model`` (which may live on the meta device)."""
+    return [spec for spec in list_methods(task) if spec.model_cls.model_problem(model) is None]
 
 
 def _load_builtin_methods() -> None:

@@ -12,16 +12,20 @@ module names change between library versions (transformers 5 renamed ViT's
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
 ALL_LINEAR = "all-linear"
 
-# Preferred attention projections per architecture, as groups of names; the
-# first group whose every name exists in the model wins.
+# Candidate groups of module names, in order of preference; the first group
+# whose every name exists in the model wins.
+Groups = tuple[tuple[str, ...], ...]
+
+# LoRA: preferred attention projections per architecture.
 _QV = (("q_proj", "v_proj"), ("query", "value"))
-_DEFAULT_TARGETS: dict[str, tuple[tuple[str, ...], ...]] = {
+_DEFAULT_TARGETS: dict[str, Groups] = {
     "gpt2": (("c_attn",),),
     "gpt_neo": (("q_proj", "v_proj"),),
     "gptj": (("q_proj", "v_proj"),),
@@ -51,7 +55,7 @@ _DEFAULT_TARGETS: dict[str, tuple[tuple[str, ...], ...]] = {
     "UNet2DConditionModel": (("to_q", "to_k", "to_v", "to_out.0"),),
 }
 # Tried in order for architectures not listed above.
-_FALLBACK_TARGETS: tuple[tuple[str, ...], ...] = (
+_FALLBACK_TARGETS: Groups = (
     ("q_proj", "v_proj"),
     ("query", "value"),
     ("q", "v"),
@@ -60,6 +64,61 @@ _FALLBACK_TARGETS: tuple[tuple[str, ...], ...] = (
     ("to_q", "to_v"),
     ("Wqkv",),
     ("qkv",),
+)
+
+# IA3: (attention projections, feedforward projections), in order of
+# preference. Both are targets; the feedforward ones (the MLP's second
+# projection) are scaled at their input, the MLP's hidden activations. Keys,
+# values and those activations are what the (IA)^3 paper rescales.
+IA3Choice = tuple[tuple[str, ...], tuple[str, ...]]
+_KV_DOWN: tuple[IA3Choice, ...] = ((("k_proj", "v_proj"), ("down_proj",)),)
+_KV_FC2: tuple[IA3Choice, ...] = ((("k_proj", "v_proj"), ("fc2",)),)
+# No suffix tells BERT's MLP "output.dense" from "attention.output.dense", so
+# both are scaled at their input, as the PEFT library's own defaults do.
+_BERT_LIKE: tuple[IA3Choice, ...] = ((("key", "value"), ("output.dense",)),)
+_FUSED_QKV: tuple[IA3Choice, ...] = ((("query_key_value",), ("dense_4h_to_h",)),)
+_GPT2_LIKE: tuple[IA3Choice, ...] = ((("c_attn",), ("mlp.c_proj",)),)
+_T5_LIKE: tuple[IA3Choice, ...] = ((("k", "v"), ("wo",)),)
+_IA3_DEFAULTS: dict[str, tuple[IA3Choice, ...]] = {
+    "gpt2": _GPT2_LIKE,
+    "gpt_bigcode": _GPT2_LIKE,
+    "gpt_neo": ((("k_proj", "v_proj"), ("mlp.c_proj",)),),
+    "gptj": ((("k_proj", "v_proj"), ("fc_out",)),),
+    "gpt_neox": _FUSED_QKV,
+    "bloom": _FUSED_QKV,
+    "falcon": _FUSED_QKV,
+    "opt": _KV_FC2,
+    "phi": _KV_FC2,
+    "llama": _KV_DOWN,
+    "mistral": _KV_DOWN,
+    # transformers 5 fuses Mixtral's experts into one module without Linear layers
+    "mixtral": ((("k_proj", "v_proj"), ("w2",)), (("k_proj", "v_proj"), ())),
+    "qwen2": _KV_DOWN,
+    "qwen3": _KV_DOWN,
+    "gemma": _KV_DOWN,
+    "gemma2": _KV_DOWN,
+    "gemma3_text": _KV_DOWN,
+    "t5": _T5_LIKE,
+    "mt5": _T5_LIKE,
+    "bart": _KV_FC2,
+    "mbart": _KV_FC2,
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "deberta": ((("in_proj",), ("output.dense",)),),
+    "deberta-v2": ((("key_proj", "value_proj"), ("output.dense",)),),
+    "vit": _KV_FC2 + _BERT_LIKE,
+    "swin": _KV_FC2 + _BERT_LIKE,
+    "clip_text_model": _KV_FC2,
+    "UNet2DConditionModel": ((("to_k", "to_v"), ("ff.net.2",)),),
+}
+# Tried in order for architectures not listed above: with an MLP projection
+# first, then the attention alone.
+_IA3_FALLBACK: tuple[IA3Choice, ...] = (
+    _KV_DOWN + _KV_FC2 + _BERT_LIKE + _T5_LIKE + _GPT2_LIKE + _FUSED_QKV
+    + ((("to_k", "to_v"), ("ff.net.2",)),)
+    + tuple((group, ()) for group in (("k_proj", "v_proj"), ("key", "value"), ("k", "v"), ("c_attn",),
+                                      ("query_key_value",), ("to_k", "to_v"), ("Wqkv",), ("qkv",)))
 )
 
 
@@ -117,20 +176,78 @@ def leaf_names(modules: Modules, keep: Callable[[nn.Module], bool]) -> list[str]
     return list(names)
 
 
-def default_target_modules(model: nn.Module, modules: Modules, is_supported: Callable[[nn.Module], bool]) -> list[str]:
+def first_present_group(
+    modules: Modules, is_supported: Callable[[nn.Module], bool], groups: Iterable[tuple[str, ...]]
+) -> tuple[str, ...] | None:
+    """The first group of names that all match some wrappable module, or None."""
+    present = [key for key, module in modules if key and is_supported(module)]
+    for group in groups:
+        if all(any(key_matches(key, [name]) for key in present) for name in group):
+            return group
+    return None
+
+
+def default_target_modules(
+    model: nn.Module,
+    modules: Modules,
+    is_supported: Callable[[nn.Module], bool],
+    table: Mapping[str, Groups] = _DEFAULT_TARGETS,
+    fallback: Groups = _FALLBACK_TARGETS,
+) -> list[str]:
     """Pick targets for ``model`` when the user named none.
 
-    ``modules`` are the ``(path, module)`` pairs that may be wrapped.
+    ``modules`` are the ``(path, module)`` pairs that may be wrapped. ``table``
+    holds candidate groups per architecture, ``fallback`` those tried for every
+    architecture after them; both default to LoRA's.
     """
     arch = architecture_key(model)
-    present = [key for key, module in modules if key and is_supported(module)]
-    for group in _DEFAULT_TARGETS.get(arch, ()) + _FALLBACK_TARGETS:
-        if all(any(key_matches(key, [name]) for key in present) for name in group):
-            return list(group)
-    raise ValueError(
-        f"no default target_modules are known for {type(model).__name__} ({arch}); "
-        f"set target_modules to some of its Linear-like modules: {', '.join(leaf_names(modules, is_supported))}"
-    )
+    group = first_present_group(modules, is_supported, table.get(arch, ()) + fallback)
+    if group is None:
+        raise ValueError(
+            f"no default target_modules are known for {type(model).__name__} ({arch}); "
+            f"set target_modules to some of its Linear-like modules: {', '.join(leaf_names(modules, is_supported))}"
+        )
+    return list(group)
+
+
+def _ia3_choices(model: nn.Module) -> tuple[IA3Choice, ...]:
+    return _IA3_DEFAULTS.get(architecture_key(model), ()) + _IA3_FALLBACK
+
+
+def ia3_default_modules(
+    model: nn.Module, modules: Modules, is_supported: Callable[[nn.Module], bool]
+) -> tuple[list[str], list[str]]:
+    """IA3's default ``(target_modules, feedforward_modules)`` for ``model``.
+
+    The feedforward modules are always among the targets.
+    """
+    choices = _ia3_choices(model)
+    groups = tuple(attention + feedforward for attention, feedforward in choices)
+    chosen = default_target_modules(model, modules, is_supported, table={}, fallback=groups)
+    feedforward = next(ff for attention, ff in choices if attention + ff == tuple(chosen))
+    return chosen, list(feedforward)
+
+
+def ia3_default_feedforward(
+    model: nn.Module, modules: Modules, is_supported: Callable[[nn.Module], bool]
+) -> list[str]:
+    """The feedforward names of IA3's default for ``model``; empty when no default fits."""
+    choices = _ia3_choices(model)
+    chosen = first_present_group(modules, is_supported, (attention + ff for attention, ff in choices))
+    return next((list(ff) for attention, ff in choices if attention + ff == chosen), [])
+
+
+def names_or_regex(field_name: str, value: Any) -> list[str] | str | None:
+    """A config's module selection as a list of names, one regular expression, or None.
+
+    Sets become sorted lists (PEFT writes its sets as lists); empty means None.
+    """
+    if value is None or isinstance(value, str):
+        return value if value is None or value.strip() else None
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) and v for v in value):
+        names = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+        return names or None
+    raise ValueError(f"{field_name} must be a list of module names or one regular expression; got {value!r}")
 
 
 def all_linear_targets(model: nn.Module, modules: Modules, is_linear: Callable[[nn.Module], bool]) -> list[str]:

@@ -43,6 +43,11 @@ class AdapterModel(nn.Module):
         self.add_adapter(adapter_name, config)
 
     # -- what a method implements -----------------------------------------
+    @classmethod
+    def model_problem(cls, model: nn.Module) -> str | None:
+        """Why this method cannot adapt ``model`` at all, or None (the registry asks before the UI offers it)."""
+        return None
+
     def is_supported(self, module: nn.Module) -> bool:
         """Can this method wrap ``module`` (a base module, not a wrapper)?"""
         raise NotImplementedError
@@ -56,8 +61,32 @@ class AdapterModel(nn.Module):
         return config
 
     def extra_trainable(self, adapter_name: str) -> dict[str, nn.Parameter]:
-        """Base-model parameters the adapter also trains and saves (e.g. biases)."""
-        return {}
+        """Base-model parameters the adapter also trains and saves: biases, per the config's ``bias``.
+
+        "all": every bias of the model; "lora_only": those of the layers the
+        adapter wraps; "none" (or a method without the field): nothing.
+        """
+        config = self.peft_config.get(adapter_name)
+        bias = getattr(config, "bias", "none")
+        if bias == "none":
+            return {}
+        if bias == "lora_only":
+            return {
+                f"{key}.base_layer.bias": layer.base_layer.bias
+                for key, layer in self.adapter_layers()
+                if layer.has_adapter(adapter_name) and getattr(layer.base_layer, "bias", None) is not None
+            }
+        covered: set[int] = set()
+        for _, layer in self.adapter_layers():
+            for name in layer.adapter_names:
+                covered.update(id(p) for _, p in layer.adapter_parameters(name))
+        for _, wrapper in self.saved_module_wrappers():
+            covered.update(id(p) for p in wrapper.parameters())
+        return {
+            key: param
+            for key, param in self.model.named_parameters()
+            if key.rsplit(".", 1)[-1] == "bias" and id(param) not in covered and param.is_floating_point()
+        }
 
     # -- training hooks: the trainer calls these; most methods need neither ----
     def regularization_loss(self) -> torch.Tensor | None:

@@ -10,7 +10,7 @@ import pytest
 from models import MODELS
 
 import app
-from pages.forms import form_fields, to_settings
+from pages.forms import choice_label, form_fields, to_settings
 from pages.planner import run_plan
 from peft_core import LoraConfig, get_peft_model
 
@@ -27,7 +27,7 @@ def form_values(**overrides):
     for field in form_fields(LoraConfig):
         value = overrides.get(field.name, field.default)
         if field.kind == "choice":
-            value = str(value)
+            value = choice_label(value)
         elif field.kind in ("names", "ints") and not isinstance(value, str):
             value = "" if value is None else ", ".join(map(str, value))
         values.append(value)

@@ -32,7 +32,7 @@ def test_image_task_is_saved_as_peft_saves_it():
 
 def test_every_ui_field_has_help():
     for spec in list_methods():
-        fields = spec.config_cls().fields_for_ui()
+        fields = spec.config_cls.fields_for_ui()
         assert fields, spec.name
         for field in fields:
             assert len(field.metadata["help"]) > 10, (spec.name, field.name)
@@ -42,4 +42,17 @@ def test_registry_lookup():
     assert get_method("lora") is get_method("LORA")
     assert get_method("lora").config_cls is LoraConfig
     assert TaskType.CAUSAL_LM in get_method("lora").tasks
-    assert [s.name for s in list_methods("SEQ_CLS")] == ["lora"]
+    assert "lora" in [s.name for s in list_methods("SEQ_CLS")]
+
+
+def test_registry_offers_only_methods_that_fit_the_model():
+    from models import MODELS
+
+    from peft_core.registry import methods_for
+
+    bert = {s.name for s in methods_for("SEQ_CLS", MODELS["bert"].fresh())}
+    assert {"lora", "prompt_tuning", "prefix_tuning"} <= bert
+    vit = {s.name for s in methods_for("IMAGE_CLS", MODELS["vit"].fresh())}
+    assert "lora" in vit and not vit & {"prompt_tuning", "p_tuning", "prefix_tuning", "multitask_prompt_tuning"}
+    # a classifier whose backbone takes no key/value cache cannot get a prefix
+    assert "prefix_tuning" not in {s.name for s in methods_for("SEQ_CLS", MODELS["vit"].fresh())}

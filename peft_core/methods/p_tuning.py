@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from peft_core.config import PeftType, config_field
-from peft_core.methods.prompt_tuning import PROMPT_TASKS
+from peft_core.methods.prompt_tuning import PROMPT_TASKS, random_tokens
 from peft_core.prompt_learning import PromptLearningConfig
 from peft_core.prompt_learning.model import ComputedPrompt
 from peft_core.prompt_learning.virtual_tokens import VirtualTokenModel
@@ -53,11 +53,11 @@ class PromptEncoderConfig(PromptLearningConfig):
 class PTuningEncoder(ComputedPrompt):
     """Trainable inputs (rows, width) -> MLP or bidirectional LSTM -> virtual tokens (rows, width)."""
 
-    def __init__(self, config: PromptEncoderConfig, rows: int, init_std: float) -> None:
+    def __init__(self, config: PromptEncoderConfig, start: torch.Tensor) -> None:
         super().__init__()
         width = config.token_dim
         hidden = config.encoder_hidden_size or width
-        self.embedding = nn.Parameter(torch.randn(rows, width) * init_std)
+        self.embedding = nn.Parameter(start.clone())  # (rows, width)
         if config.encoder_reparameterization_type == "LSTM":
             dropout = config.encoder_dropout if config.encoder_num_layers > 1 else 0.0
             self.lstm = nn.LSTM(width, hidden, config.encoder_num_layers, dropout=dropout,
@@ -84,8 +84,7 @@ class PTuningModel(VirtualTokenModel):
 
     def build_encoder(self, config: PromptEncoderConfig) -> PTuningEncoder:
         rows = config.num_virtual_tokens * config.num_transformer_submodules
-        std = self.model.get_input_embeddings().weight.detach().float().std().item()
-        return PTuningEncoder(config, rows, init_std=std)
+        return PTuningEncoder(config, random_tokens(self.model.get_input_embeddings(), rows))
 
 
 SPEC = register_method(

@@ -61,7 +61,12 @@ def initial_tokens(config: PromptTuningConfig, embeddings: torch.nn.Embedding, r
         ids = text_token_ids(config)
         repeated = (ids * (rows // len(ids) + 1))[:rows]  # repeat the text to fill every row
         return weight[torch.tensor(repeated, device=weight.device)].float()
-    # RANDOM: on the scale of the model's own embeddings, so they neither drown nor vanish
+    return random_tokens(embeddings, rows)
+
+
+def random_tokens(embeddings: torch.nn.Embedding, rows: int) -> torch.Tensor:
+    """Random tokens on the scale of the model's own embeddings, so they neither drown nor vanish."""
+    weight = embeddings.weight.detach()
     return torch.randn(rows, weight.shape[1], device=weight.device) * weight.float().std()
 
 

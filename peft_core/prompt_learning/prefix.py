@@ -52,12 +52,20 @@ def takes_cache(module: nn.Module) -> bool:
 class PrefixModel(PromptModel):
     """Puts the active adapter's prefix into each forward and generate call."""
 
+    @classmethod
+    def model_problem(cls, model: nn.Module) -> str | None:
+        backbone = getattr(model, getattr(model, "base_model_prefix", ""), model)
+        if takes_cache(model) or takes_cache(backbone):
+            return None
+        return (
+            f"prefix tuning needs a model whose attention takes past_key_values; "
+            f"{type(model).__name__} does not. Use prompt tuning or LoRA instead."
+        )
+
     def check_model(self, config) -> None:
-        if not (takes_cache(self.model) or takes_cache(self._backbone())):
-            raise ValueError(
-                f"prefix tuning needs a model whose attention takes past_key_values; "
-                f"{type(self.model).__name__} does not. Use prompt tuning or LoRA instead."
-            )
+        problem = self.model_problem(self.model)
+        if problem:
+            raise ValueError(problem)
         if config.token_dim % config.num_attention_heads:
             raise ValueError(f"token_dim {config.token_dim} is not divisible by num_attention_heads {config.num_attention_heads}")
 

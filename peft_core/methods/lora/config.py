@@ -8,12 +8,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from peft_core.config import PeftConfig, PeftType, config_field
+from peft_core import targets
+from peft_core.config import BIAS_CHOICES, PeftConfig, PeftType, config_field
 
 logger = logging.getLogger(__name__)
 
 INIT_CHOICES = (True, False, "gaussian")
-BIAS_CHOICES = ("none", "all", "lora_only")
 
 
 @dataclass
@@ -78,8 +78,8 @@ class LoraConfig(PeftConfig):
             self.init_lora_weights, bool
         ):
             raise ValueError(f"init_lora_weights must be True, False or 'gaussian'; got {self.init_lora_weights!r}")
-        self.target_modules = _names_or_regex("target_modules", self.target_modules)
-        self.exclude_modules = _names_or_regex("exclude_modules", self.exclude_modules)
+        self.target_modules = targets.names_or_regex("target_modules", self.target_modules)
+        self.exclude_modules = targets.names_or_regex("exclude_modules", self.exclude_modules)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save) or None
         if self.layers_to_transform is not None:
@@ -115,17 +115,6 @@ class LoraConfig(PeftConfig):
     def scaling_for(self, key: str) -> float:
         rank, alpha = self.rank_for(key), self.alpha_for(key)
         return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
-
-
-def _names_or_regex(field_name: str, value: Any) -> list[str] | str | None:
-    if value is None or isinstance(value, str):
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
-    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) and v for v in value):
-        names = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
-        return names or None
-    raise ValueError(f"{field_name} must be a list of module names or one regular expression; got {value!r}")
 
 
 def _pattern_value(patterns: dict[str, Any], key: str, default: Any) -> Any:

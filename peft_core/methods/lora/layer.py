@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peft_core import weights
-from peft_core.layers import AdapterLayer, adapter_device_and_dtype
+from peft_core.layers import AdapterLayer, adapter_device_and_dtype, linear_features
 from peft_core.methods.lora import dora
 from peft_core.methods.lora.config import LoraConfig
 
@@ -182,10 +182,7 @@ class LoraLinear(LoraLayer):
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool) -> None:
         super().__init__(base_layer)
         self.fan_in_fan_out = fan_in_fan_out
-        if fan_in_fan_out:
-            self.in_features, self.out_features = base_layer.weight.shape
-        else:
-            self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.in_features, self.out_features = linear_features(base_layer, fan_in_fan_out)
         self.magnitude_shape = (self.out_features,)
 
     def create_factors(self, adapter_name: str, r: int, bias: bool) -> None:
