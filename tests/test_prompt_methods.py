@@ -148,7 +148,7 @@ def test_multitask_prompt_on_t5_interops_with_peft(tmp_path):
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     """A small word-level tokenizer trained on the spot (no Hub here)."""
-    words = "classify the sentiment of this review good bad movie".split()
+    words = ["classify", "the", "sentiment", "of", "this", "review", "good", "bad", "movie"]
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator([" ".join(words)] * 3, trainers.WordLevelTrainer(special_tokens=["[UNK]"], vocab_size=50))

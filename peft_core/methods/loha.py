@@ -88,4 +88,4 @@ SPEC = register_method(
     )
 )
 
-__all__ = ["LoHaConfig", "LoHaLayer", "LoHaModel", "SPEC"]
+__all__ = ["SPEC", "LoHaConfig", "LoHaLayer", "LoHaModel"]

@@ -166,4 +166,4 @@ SPEC = register_method(
     )
 )
 
-__all__ = ["LoKrConfig", "LoKrLayer", "LoKrModel", "SPEC", "factorize"]
+__all__ = ["SPEC", "LoKrConfig", "LoKrLayer", "LoKrModel", "factorize"]

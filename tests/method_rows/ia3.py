@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from method_rows import MethodRow
-
 from peft_core import PeftConfig
 from peft_core.methods.ia3 import IA3Config
 

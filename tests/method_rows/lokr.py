@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from method_rows import MethodRow
 from method_rows.loha import CONV_TARGETS, FIRST_TARGET, LINEAR_MODELS, lycoris
-
 from peft_core.methods.lokr import LoKrConfig
 
 # On the tiny models (32 = 4 x 8) the default r=8 keeps both Kronecker factors

@@ -7,8 +7,8 @@ and cannot be merged) and need a text model (not the ViT).
 from __future__ import annotations
 
 import torch
-from method_rows import MethodRow
 
+from method_rows import MethodRow
 from peft_core import (
     MultitaskPromptTuningConfig,
     PeftConfig,

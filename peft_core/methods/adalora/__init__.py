@@ -20,4 +20,4 @@ SPEC = register_method(
     )
 )
 
-__all__ = ["AdaLoraConfig", "AdaLoraLinear", "AdaLoraModel", "RankAllocator", "SPEC"]
+__all__ = ["SPEC", "AdaLoraConfig", "AdaLoraLinear", "AdaLoraModel", "RankAllocator"]

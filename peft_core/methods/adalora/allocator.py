@@ -128,6 +128,21 @@ class RankAllocator:
         threshold = torch.kthvalue(everything, k=dropped).values.item()
         return {key: s > threshold for key, s in per_layer.items()}
 
+    def state_dict(self) -> dict:
+        """The moving averages and the final pattern, for an exact resume."""
+        return {
+            "scores": {f"{key}|{attr}": {"sensitivity": s.sensitivity, "uncertainty": s.uncertainty}
+                       for (key, attr), s in self.scores.items()},
+            "final_keep": self.final_keep,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scores = {
+            tuple(name.split("|", 1)): _Smoothed(value["sensitivity"], value["uncertainty"])
+            for name, value in state["scores"].items()
+        }
+        self.final_keep = state["final_keep"]
+
     def _zero_pruned(self, keep: dict[str, torch.Tensor], layers: Layers) -> None:
         for key, layer in layers:
             if key in keep:

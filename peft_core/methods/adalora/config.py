@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from peft_core.config import BIAS_CHOICES, PeftConfig, PeftType, config_field
 from peft_core import targets
+from peft_core.config import BIAS_CHOICES, PeftConfig, PeftType, config_field
 
 logger = logging.getLogger(__name__)
 

@@ -73,7 +73,7 @@ class AdaLoraModel(AdapterModel):
             else:
                 config.target_modules = targets.default_target_modules(self.model, modules, self._supports)
         elif config.target_modules == targets.ALL_LINEAR:
-            linear = lambda m: is_linear(m) or isinstance(m, AdaLoraLinear)  # noqa: E731
+            linear = lambda m: is_linear(m) or isinstance(m, AdaLoraLinear)
             config.target_modules = targets.all_linear_targets(self.model, modules, linear)
         self._check_pattern_paths(config, dict(modules))
         return config
@@ -171,6 +171,18 @@ class AdaLoraModel(AdapterModel):
             )
         self._forwards_since_step = 0
         self._values_at_check = [v.clone() for v in values]
+
+    def training_state(self) -> dict:
+        return {
+            name: {"allocator": allocator.state_dict(), "rank_pattern": self.peft_config[name].rank_pattern}
+            for name, allocator in self.allocators.items()
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        for name, saved in state.items():
+            if name in self.allocators:
+                self.allocators[name].load_state_dict(saved["allocator"])
+                self.peft_config[name].rank_pattern = saved["rank_pattern"]
 
     # -- saving -------------------------------------------------------------------
     def tensors_to_save(self, adapter_name: str) -> dict[str, torch.Tensor]:

@@ -19,4 +19,4 @@ SPEC = register_method(
     )
 )
 
-__all__ = ["LoraConfig", "LoraConv2d", "LoraEmbedding", "LoraLayer", "LoraLinear", "LoraModel", "SPEC"]
+__all__ = ["SPEC", "LoraConfig", "LoraConv2d", "LoraEmbedding", "LoraLayer", "LoraLinear", "LoraModel"]

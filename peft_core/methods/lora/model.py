@@ -23,7 +23,7 @@ class LoraModel(AdapterModel):
         if config.target_modules is None:
             config.target_modules = targets.default_target_modules(self.model, modules, self._supports)
         elif config.target_modules == targets.ALL_LINEAR:
-            linear = lambda m: is_linear(m) or isinstance(m, LoraLayer) and is_linear(m.base_layer)  # noqa: E731
+            linear = lambda m: is_linear(m) or isinstance(m, LoraLayer) and is_linear(m.base_layer)
             config.target_modules = targets.all_linear_targets(self.model, modules, linear)
         return config
 

@@ -1,0 +1,201 @@
+"""Running a whole training run from a ``RunConfig``: what the CLI and the job runner call.
+
+``train(config)`` makes the run directory (``config.yaml``, ``events.jsonl``,
+checkpoints, and at the end the adapter itself), and always ends with a
+``DoneEvent``: "ok", "stopped", or "failed" with a message and, for running
+out of memory, concrete advice. ``validate(config)`` gives the data report
+and ``estimate(config)`` the memory estimate without loading any weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from peft_core.kbit import prepare_model_for_kbit_training
+from peft_core.peft_model import get_peft_model
+from peft_core.presets import base_model_id
+from peft_core.run_config import RunConfig
+from peft_core.tasks import DataReport, Task, make_task
+from peft_core.training import memory
+from peft_core.training.events import DoneEvent, EstimateEvent, Event, EventLog, LogEvent
+from peft_core.training.precision import accelerate_mixed_precision, pick_device, pick_precision
+from peft_core.training.trainer import Trainer, seed_everything
+
+logger = logging.getLogger(__name__)
+
+EVENTS_FILE = "events.jsonl"
+CONFIG_FILE = "config.yaml"
+
+
+def encode_all(task: Task, examples: list[Any]) -> list[dict]:
+    """Encode examples, counting those left with nothing to train in the report."""
+    rows = []
+    for example in examples:
+        features = task.encode(example)
+        if features is None:
+            task.report.dropped["nothing left to train after truncation"] = (
+                task.report.dropped.get("nothing left to train after truncation", 0) + 1
+            )
+        else:
+            rows.append(features)
+    return rows
+
+
+def validate(config: RunConfig) -> DataReport:
+    """Read and encode the data exactly as training would, and report on it (no model is loaded)."""
+    task = make_task(config)
+    task.load_processor()
+    train, _ = task.read()
+    rows = encode_all(task, train)
+    if not rows:
+        raise ValueError(f"no example of {config.data.train} has anything to train; see the report's dropped rows")
+    task.finish_report(rows, seed=config.training.seed)
+    return task.report
+
+
+def _weight_bits(config: RunConfig, precision: str, device: torch.device) -> int:
+    quant = config.model.quantization
+    if quant == "4bit":
+        return 4
+    if quant == "8bit":
+        return 8
+    return 32 if device.type == "cpu" or precision == "fp32" else 16
+
+
+def estimate(config: RunConfig, device: torch.device | None = None) -> memory.MemoryEstimate:
+    """How much memory the run needs, from the model's config alone (built on the meta device)."""
+    device = device or pick_device()
+    precision = pick_precision(config.training.precision, device)
+    model, trainable = _meta_model(config)
+    return memory.estimate_memory(model, trainable, **_estimate_kwargs(config, precision, device))
+
+
+def _meta_model(config: RunConfig) -> tuple[torch.nn.Module, int]:
+    """The run's model with its adapter on the meta device (no weights), and its trainable parameter count."""
+    import transformers
+
+    from peft_core.models import check_model_name
+    from peft_core.presets import resolve_model
+    from peft_core.tasks import task_classes
+
+    task_cls = task_classes()[config.task]
+    source = resolve_model(check_model_name(config.model.name_or_path))
+    model_config = transformers.AutoConfig.from_pretrained(source)
+    with torch.device("meta"):
+        base = getattr(transformers, task_cls.auto_class).from_config(model_config)
+    model = get_peft_model(base, config.method_config())
+    return model, model.get_nb_trainable_parameters()[0]
+
+
+def _estimate_kwargs(config: RunConfig, precision: str, device: torch.device) -> dict[str, Any]:
+    return {
+        "batch_size": config.training.batch_size,
+        "seq_len": config.data.max_length,
+        "weight_bits": _weight_bits(config, precision, device),
+        "compute_bytes": 4 if precision == "fp32" else 2,
+        "optimizer": config.training.optimizer,
+        "gradient_checkpointing": config.model.gradient_checkpointing,
+        "device_type": device.type,
+    }
+
+
+def _oom_advice(config: RunConfig, precision: str, device: torch.device) -> list[str]:
+    """Concrete changes that would fit, each with its estimate (plain advice if the model cannot be built)."""
+    available = memory.device_memory_gb()[1]
+    kwargs = _estimate_kwargs(config, precision, device)
+    try:
+        model, trainable = _meta_model(config)
+        kwargs.update(model=model, trainable_params=trainable)
+    except Exception:  # the advice must not fail the report
+        logger.warning("no model for the out-of-memory advice:\n%s", traceback.format_exc())
+    return memory.oom_advice(kwargs, available)
+
+
+def _check_run_dir(config: RunConfig) -> None:
+    """Never train over someone's finished run: a new run needs a new folder (or resume_from)."""
+    run_dir = config.training.output_dir
+    if config.training.resume_from or not os.path.isdir(run_dir):
+        return
+    taken = [n for n in (EVENTS_FILE, "adapter_model.safetensors") if os.path.exists(os.path.join(run_dir, n))]
+    if taken:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(taken)}); choose another output_dir, "
+            f"or set training.resume_from: latest to continue it"
+        )
+
+
+def build(config: RunConfig, accelerator: Any, precision: str) -> tuple[Task, torch.nn.Module, list, list]:
+    """Task, model with a fresh adapter, and the encoded training and eval rows."""
+    seed_everything(config.training.seed)  # the new head and the adapter start the same on every run
+    task = make_task(config)
+    task.load_processor()
+    train, evaluation = task.read()
+    train_rows = encode_all(task, train)
+    if not train_rows:
+        raise ValueError(f"no example of {config.data.train} has anything to train; run validate to see why")
+    task.finish_report(train_rows, seed=config.training.seed)
+    eval_rows = encode_all(task, evaluation or [])
+    train_rows = task.rows_for_training(train_rows, config.training.seed)
+    base = task.load_model(precision, accelerator.device)
+    gc = config.model.gradient_checkpointing
+    if config.model.quantization != "none":
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gc)
+    elif gc:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    method = dataclasses.replace(config.method_config(), base_model_name_or_path=base_model_id(config.model.name_or_path))
+    model = get_peft_model(base, method)
+    return task, model, train_rows, eval_rows
+
+
+def train(
+    config: RunConfig,
+    callbacks: Iterable[Callable[[Event], None]] = (),
+    stop: Callable[[], bool] = lambda: False,
+) -> DoneEvent:
+    """Run the training described by ``config``; never raises for a failed run, returns its DoneEvent."""
+    from accelerate import Accelerator
+
+    run_dir = config.training.output_dir
+    _check_run_dir(config)
+    device = pick_device()
+    precision = pick_precision(config.training.precision, device)
+    accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(precision), cpu=device.type == "cpu")
+    log = None
+    if accelerator.is_main_process:
+        os.makedirs(run_dir, exist_ok=True)
+        config.save_yaml(os.path.join(run_dir, CONFIG_FILE))
+        log = EventLog(os.path.join(run_dir, EVENTS_FILE))
+    callbacks = list(callbacks)
+
+    def emit(event: Event) -> None:
+        if log is not None:
+            log.append(event)
+            for callback in callbacks:
+                callback(event)
+
+    try:
+        estimate_now = estimate(config, accelerator.device)
+        emit(EstimateEvent(step=0, estimate=estimate_now.as_dict(), measured_peak_gb=None,
+                           device=memory.device_memory_gb()[0]))
+        task, model, train_rows, eval_rows = build(config, accelerator, precision)
+        emit(LogEvent(level="info", message=f"training on {len(train_rows)} rows ({precision}, {accelerator.device})"))
+        trainer = Trainer(task, model, config, train_rows, eval_rows, accelerator, emit=emit, stop=stop,
+                          estimate=estimate_now.as_dict())
+        done = trainer.fit()
+    except torch.OutOfMemoryError:
+        advice = _oom_advice(config, precision, device)
+        done = DoneEvent(status="failed", output_dir=run_dir, error="out of memory", error_code="oom", advice=advice)
+    except (ValueError, OSError, FloatingPointError) as exc:
+        done = DoneEvent(status="failed", output_dir=run_dir, error=str(exc), error_code=getattr(exc, "code", None))
+    except Exception as exc:  # a bug: keep the trace in the log, the message in the event
+        logger.error("run %s failed:\n%s", run_dir, traceback.format_exc())
+        done = DoneEvent(status="failed", output_dir=run_dir, error=f"{type(exc).__name__}: {exc}", error_code="internal")
+    emit(done)
+    return done
