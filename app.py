@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import threading
-
 from pathlib import Path
 
 import gradio as gr
