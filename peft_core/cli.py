@@ -48,7 +48,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         for line in done.advice or []:
             print(f"  - {line}", file=sys.stderr)
         return 1
-    print(f"training {done.status}; adapter in {done.output_dir}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one line for the run, not one per process
+        print(f"training {done.status}; adapter in {done.output_dir}")
     return 0
 
 
@@ -61,10 +64,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  dropped {count}: {reason}")
     if report.labels:
         print("  labels: " + ", ".join(f"{k} ({v})" for k, v in report.labels.items()))
-    if report.max_length:
+    if report.max_length:  # text: how long the examples are, in tokens
         print(f"  truncated at {report.max_length} tokens: {report.truncated}")
-    for low, high, count in report.length_histogram:
-        print(f"  {low:>6}-{high:<6} {'#' * min(count, 60)} {count}")
+        bins = list(report.length_histogram)
+        while bins and bins[-1][2] == 0:
+            bins.pop()
+        print("  tokens         examples")
+        for low, high, count in bins:
+            print(f"  {low:>5}-{high:<6}  {'#' * min(count, 60)} {count}")
     for i in range(len(report.examples)):
         print(f"--- example {i + 1} (trained part between ⟦ ⟧)\n{report.marked(i)}")
     return 0

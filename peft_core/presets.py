@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 class ModelPreset:
     key: str
     title: str
-    hub_id: str  # recorded as base_model_name_or_path, so the adapter loads anywhere
+    hub_id: str  # recorded as base_model_name_or_path, so the adapter loads anywhere ("" for random weights)
     task_types: tuple[TaskType, ...]
     license: str
     description: str
@@ -77,24 +77,30 @@ def _locate_minilm() -> Path:
 
 def _materialize_tiny_t5(target: Path) -> None:
     """A small T5 with random weights and SmolLM2's tokenizer: seq2seq runs offline (it learns little)."""
+    import torch
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_LLM))
     config = T5Config(vocab_size=len(tokenizer), d_model=128, d_ff=256, d_kv=32, num_layers=2, num_heads=4,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                       decoder_start_token_id=tokenizer.pad_token_id)
-    T5ForConditionalGeneration(config).save_pretrained(target)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the same weights on every machine, so its adapters travel
+        T5ForConditionalGeneration(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
 
 
 def _materialize_tiny_vit(target: Path) -> None:
     """A small ViT with random weights for 32x32 images: image classification runs offline."""
+    import torch
     from transformers import ViTConfig, ViTForImageClassification
     from transformers import ViTImageProcessorPil as ViTImageProcessor  # no torchvision needed
 
     config = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                        image_size=32, patch_size=8, num_labels=2)
-    ViTForImageClassification(config).save_pretrained(target)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        ViTForImageClassification(config).save_pretrained(target)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(target)
 
 
@@ -124,7 +130,7 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset(
             key="tiny-t5-random",
             title="Tiny T5 (random weights)",
-            hub_id="peft-studio/tiny-t5-random",
+            hub_id="",
             task_types=(TaskType.SEQ_2_SEQ_LM,),
             license="Apache-2.0",
             description="2 layers, random weights: shows the seq2seq path offline; it learns little",
@@ -135,7 +141,7 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset(
             key="tiny-vit-random",
             title="Tiny ViT (random weights)",
-            hub_id="peft-studio/tiny-vit-random",
+            hub_id="",
             task_types=(TaskType.IMAGE_CLS,),
             license="Apache-2.0",
             description="2 layers, 32x32 images, random weights: shows the vision path offline",
@@ -150,9 +156,15 @@ DEFAULT_LLM = "smollm2-135m-instruct"
 
 
 def base_model_id(name_or_path: str) -> str:
-    """What an adapter records as its base model: a preset's Hub id, else the name given."""
+    """What an adapter records as its base model: a preset's Hub id, else the name given.
+
+    A random-weight preset has no Hub model; its key is recorded (peft_core
+    rebuilds it, seeded, the same on every machine).
+    """
     preset = PRESETS.get(name_or_path.strip().lower())
-    return preset.hub_id if preset else name_or_path.strip()
+    if preset is None:
+        return name_or_path.strip()
+    return preset.key if preset.random_weights else preset.hub_id
 
 
 def resolve_model(name_or_path: str) -> str:

@@ -213,3 +213,18 @@ def test_a_finished_run_is_never_overwritten(model_dirs, tmp_path):
     assert train(config).status == "ok"
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(config)
+
+
+def test_sharded_engines_refuse_what_they_cannot_do(model_dirs, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.DEEPSPEED))
+    quantized = run_config("causal_lm", model_dirs["llama"], SAMPLES / "alpaca.jsonl", tmp_path / "q")
+    quantized.model.quantization = "4bit"
+    done = train(quantized)
+    assert done.status == "failed" and "DEEPSPEED cannot shard a 4bit model" in done.error and "ddp.yaml" in done.error
+    accumulated = run_config("causal_lm", model_dirs["llama"], SAMPLES / "alpaca.jsonl", tmp_path / "a",
+                             gradient_accumulation_steps=2)
+    done = train(accumulated)
+    assert done.status == "failed" and "gradient_accumulation_steps to 1" in done.error

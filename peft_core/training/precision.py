@@ -34,3 +34,18 @@ def pick_precision(requested: str, device: torch.device) -> str:
 
 def accelerate_mixed_precision(precision: str) -> str:
     return {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[precision]
+
+
+def upcast_trainable(model: torch.nn.Module) -> int:
+    """Keep trainable weights in fp32 under half-precision training; returns how many were cast.
+
+    The frozen base stays in fp16/bf16 (that is where the memory goes); the
+    adapter's small tensors in fp32 keep their updates from rounding away, and
+    fp16 gradient scaling can only unscale fp32 gradients.
+    """
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast

@@ -25,7 +25,7 @@ from peft_core.run_config import RunConfig
 from peft_core.tasks import DataReport, Task, make_task
 from peft_core.training import memory
 from peft_core.training.events import DoneEvent, EstimateEvent, Event, EventLog, LogEvent
-from peft_core.training.precision import accelerate_mixed_precision, pick_device, pick_precision
+from peft_core.training.precision import accelerate_mixed_precision, pick_device, pick_precision, upcast_trainable
 from peft_core.training.trainer import Trainer, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,10 @@ def _check_run_dir(config: RunConfig) -> None:
 def build(config: RunConfig, accelerator: Any, precision: str) -> tuple[Task, torch.nn.Module, list, list]:
     """Task, model with a fresh adapter, and the encoded training and eval rows."""
     seed_everything(config.training.seed)  # the new head and the adapter start the same on every run
+    engine = accelerator.distributed_type.value
+    if engine in ("DEEPSPEED", "FSDP") and config.model.quantization != "none":
+        raise ValueError(f"{engine} cannot shard a {config.model.quantization} model; "
+                         "launch QLoRA with DDP (configs/accelerate/ddp.yaml) or on one GPU")
     task = make_task(config)
     task.load_processor()
     train, evaluation = task.read()
@@ -151,6 +155,7 @@ def build(config: RunConfig, accelerator: Any, precision: str) -> tuple[Task, to
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     method = dataclasses.replace(config.method_config(), base_model_name_or_path=base_model_id(config.model.name_or_path))
     model = get_peft_model(base, method)
+    upcast_trainable(model)
     return task, model, train_rows, eval_rows
 
 
@@ -161,11 +166,15 @@ def train(
 ) -> DoneEvent:
     """Run the training described by ``config``; never raises for a failed run, returns its DoneEvent."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     run_dir = config.training.output_dir
     _check_run_dir(config)
     device = pick_device()
     precision = pick_precision(config.training.precision, device)
+    # accelerate keeps one precision per process; a notebook or a test session runs several runs, each
+    # with its own (the process group of a distributed launch, PartialState, is kept)
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(precision), cpu=device.type == "cpu")
     log = None
     if accelerator.is_main_process:

@@ -143,7 +143,8 @@ class Trainer:
             accelerator.backward(loss)
         grad_norm = None
         if self.config.training.max_grad_norm is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(self._trainable(), self.config.training.max_grad_norm))
+            norm = accelerator.clip_grad_norm_(self._trainable(), self.config.training.max_grad_norm)
+            grad_norm = float(norm) if norm is not None else None  # DeepSpeed clips inside its engine
         optimizer.step()
         self.state.global_step += 1
         self._unwrapped().on_optimizer_step(self.state.global_step)
@@ -157,6 +158,9 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> DoneEvent:
+        if self.accelerator.distributed_type.value == "DEEPSPEED" and self.config.training.gradient_accumulation_steps > 1:
+            raise ValueError("under DeepSpeed, peft_core steps once per batch: set training.gradient_accumulation_steps "
+                             "to 1 and raise batch_size (or use more GPUs) for the same effective batch")
         optimizer = self._optimizer()
         scheduler = self._scheduler(optimizer)
         self.model, optimizer = self.accelerator.prepare(self.model, optimizer)
@@ -251,18 +255,41 @@ class Trainer:
         return None
 
     # -- saving and resuming -------------------------------------------------------------------
+    def _sharded(self) -> bool:
+        """DeepSpeed or FSDP: each process holds only a shard of the parameters."""
+        return self.accelerator.distributed_type.value in ("DEEPSPEED", "FSDP")
+
+    @contextlib.contextmanager
+    def _full_parameters(self):
+        """Whole adapter tensors on every process while saving (a no-op unless sharded; all processes enter)."""
+        kind = self.accelerator.distributed_type.value
+        if kind == "DEEPSPEED":
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(self._trainable(), modifier_rank=None):
+                yield
+        elif kind == "FSDP":
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            with FullyShardedDataParallel.summon_full_params(self.model, writeback=False, offload_to_cpu=True):
+                yield
+        else:
+            yield
+
     def _save_adapter(self, directory: str) -> None:
-        if self.accelerator.is_main_process:
-            self._unwrapped().save_pretrained(directory)
+        with self._full_parameters():
+            if self.accelerator.is_main_process:
+                self._unwrapped().save_pretrained(directory)
 
     def _save_checkpoint(self, optimizer, scheduler) -> None:
         self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
-            return
         model = self._unwrapped()
+        sharded = self._sharded()
 
         def write(directory: str) -> None:
             model.save_pretrained(directory)  # a loadable PEFT adapter
+            if sharded:  # the optimizer state is sharded too: such a checkpoint is an adapter, not a resume point
+                return
             save_state({
                 "trainable": {n: p.detach() for n, p in model.named_parameters() if p.requires_grad},
                 "optimizer": optimizer.state_dict(),
@@ -272,13 +299,18 @@ class Trainer:
             }, directory, "training_state")
 
         protect = [self.state.best_checkpoint] if self.state.best_checkpoint else []
-        ckpt.save_checkpoint(self.run_dir, self.state.global_step, write, self.state,
-                             keep_last=self.config.training.keep_checkpoints, protect=protect)
+        with self._full_parameters():
+            if self.accelerator.is_main_process:
+                ckpt.save_checkpoint(self.run_dir, self.state.global_step, write, self.state,
+                                     keep_last=self.config.training.keep_checkpoints, protect=protect)
 
     def _resume(self, where: str, optimizer, scheduler) -> None:
         directory = ckpt.latest_checkpoint(self.run_dir) if where == "latest" else where
         if directory is None or not os.path.isdir(directory):
             raise ValueError(f"no checkpoint to resume from at {where!r} (looked in {self.run_dir})")
+        if self._sharded():
+            raise ValueError("resuming is not supported under DeepSpeed or FSDP (their optimizer state is sharded); "
+                             "resume with DDP or one GPU, or start a new run from the checkpoint's adapter")
         saved = load_state(directory, "training_state")
         model = self._unwrapped()
         params = dict(model.named_parameters())
