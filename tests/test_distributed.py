@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_runs import SAMPLES, run_config
 
-from peft_core.training.events import StepEvent, read_events
+from peft_core.training.events import EvalEvent, StepEvent, read_events
 from peft_core.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_two_processes_give_the_step_of_one_big_batch(model_dirs, tmp_path):
     data = tmp_path / "four.jsonl"
     data.write_text("".join((SAMPLES / "prompt_completion.jsonl").read_text().splitlines(keepends=True)[:4]))  # one step: every example
-    common = {"max_steps": 2, "data": {"eval_fraction": 0.0},
+    common = {"max_steps": 2, "data": {"eval_fraction": 0.0, "eval": str(SAMPLES / "prompt_completion.jsonl")},
               "method": {"name": "lora", "r": 4, "init_lora_weights": "gaussian"}}
     single = run_config("causal_lm", model_dirs["llama"], data, tmp_path / "single", batch_size=4, **common)
     assert train(single).status == "ok"
@@ -48,6 +48,13 @@ def test_two_processes_give_the_step_of_one_big_batch(model_dirs, tmp_path):
         return [e.loss for e in read_events(run_dir / "events.jsonl")[0] if isinstance(e, StepEvent)]
 
     assert steps(tmp_path / "ddp") == pytest.approx(steps(tmp_path / "single"), rel=1e-5)
+    def evals(run_dir: Path) -> list[dict]:
+        return [e.metrics for e in read_events(run_dir / "events.jsonl")[0] if isinstance(e, EvalEvent)]
+
+    # each process evaluates part of the eval set; the totals are summed, not the means averaged
+    assert len(evals(tmp_path / "ddp")) == 2
+    for ours, theirs in zip(evals(tmp_path / "ddp"), evals(tmp_path / "single"), strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-5)
     ours, theirs = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("ddp", "single"))
     assert ours.keys() == theirs.keys()
     for key in ours:

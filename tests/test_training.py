@@ -50,6 +50,12 @@ def test_every_task_trains_and_saves_a_peft_adapter(name, model_dirs, tmp_path):
     events = read_events(run_dir / "events.jsonl")[0]
     evals = [e for e in events if isinstance(e, EvalEvent)]
     assert [e.step for e in evals] == [0, 12]
+    if task in ("seq_cls", "token_cls", "image_cls"):  # a confusion matrix over the labels, rows = truth
+        details = evals[-1].details
+        assert len(details["confusion"]) == len(details["labels"]) >= 2
+        right = sum(details["confusion"][i][i] for i in range(len(details["labels"])))
+        total = sum(map(sum, details["confusion"]))
+        assert right / total == pytest.approx(evals[-1].metrics["accuracy"])
     # the memory estimate before loading anything, then again with the peak measured after 3 steps
     estimates = [e for e in events if isinstance(e, EstimateEvent)]
     assert [e.step for e in estimates] == [0, 3] and estimates[0].measured_peak_gb is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -138,21 +138,34 @@ class Task:
         return {}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """Mean loss over every item, plus the task's metric."""
-        total_loss, total_items = 0.0, 0
-        state = self.metric_state()
+    def evaluate(
+        self,
+        model: nn.Module,
+        batches: Iterable[dict[str, torch.Tensor]],
+        combine: Callable[[dict[str, Any]], dict[str, Any]] = lambda state: state,
+    ) -> dict[str, float]:
+        """Mean loss over every item, plus the task's metric.
+
+        ``combine`` sums the running totals over processes (the trainer passes
+        one under DDP), so the metrics are those of the whole eval set.
+        """
+        state = {"loss_sum": 0.0, "items": 0, **self.metric_state()}
         for batch in batches:
             items = self.count_items(batch)
             if items == 0:
                 continue
             loss, outputs = self.loss_and_outputs(model, batch, items)
-            total_loss += float(loss) * items
-            total_items += items
+            state["loss_sum"] += float(loss) * items
+            state["items"] += items
             self.update_metric(state, outputs, batch)
-        metrics = {"eval_loss": total_loss / total_items if total_items else float("nan")}
+        state = combine(state)
+        metrics = {"eval_loss": state["loss_sum"] / state["items"] if state["items"] else float("nan")}
         metrics.update(self.finish_metric(state))
         return metrics
+
+    def eval_details(self) -> dict[str, Any] | None:
+        """More than numbers from the last evaluation (the classification tasks: labels and confusion matrix)."""
+        return None
 
     def loss_and_outputs(self, model: nn.Module, batch: dict[str, torch.Tensor], total_items: int) -> tuple[torch.Tensor, Any]:
         return self.loss(model, batch, total_items), None

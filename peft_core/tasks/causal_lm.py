@@ -129,8 +129,8 @@ class CausalLMTask(TextTask):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], total_items: int) -> torch.Tensor:
         return self.loss_and_outputs(model, batch, total_items)[0]
 
-    def evaluate(self, model: nn.Module, batches) -> dict[str, float]:
-        metrics = super().evaluate(model, batches)
+    def evaluate(self, model: nn.Module, batches, combine=lambda state: state) -> dict[str, float]:
+        metrics = super().evaluate(model, batches, combine)
         metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
         return metrics
 

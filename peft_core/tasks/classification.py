@@ -33,3 +33,8 @@ def accuracy_from(state: dict[str, Any]) -> dict[str, float]:
     if not total:
         return {}
     return {"accuracy": float(matrix.diag().sum()) / total}
+
+
+def details(labels: list[str], confusion: list[list[int]] | None) -> dict[str, Any] | None:
+    """For the EvalEvent: rows are the true labels, columns the predicted ones."""
+    return None if confusion is None else {"labels": list(labels), "confusion": confusion}

@@ -87,6 +87,9 @@ class ImageClsTask(Task):
         self.confusion = state["matrix"].tolist()
         return classification.accuracy_from(state)
 
+    def eval_details(self) -> dict[str, Any] | None:
+        return classification.details(self.labels, getattr(self, "confusion", None))
+
 
 def _split_per_class(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     """Hold out ``fraction`` of each class (at least one image of a class that has two or more)."""

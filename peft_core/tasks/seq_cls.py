@@ -75,3 +75,6 @@ class SeqClsTask(TextTask):
     def finish_metric(self, state: dict[str, Any]) -> dict[str, float]:
         self.confusion = state["matrix"].tolist()
         return classification.accuracy_from(state)
+
+    def eval_details(self) -> dict[str, Any] | None:
+        return classification.details(self.labels, getattr(self, "confusion", None))

@@ -54,10 +54,11 @@ class StepEvent:
 
 @dataclass
 class EvalEvent:
-    """Evaluation metrics at a step."""
+    """Evaluation metrics at a step; ``details`` holds e.g. {"labels": [...], "confusion": [[...]]}."""
 
     step: int
     metrics: dict[str, float]
+    details: dict[str, Any] | None = None
     time: float | None = _time()
 
 

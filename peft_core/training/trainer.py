@@ -169,7 +169,7 @@ class Trainer:
         else:
             seed_everything(self.config.training.seed)
             if self.eval_rows:  # where the run starts from, for comparison
-                self.emit(EvalEvent(step=0, metrics=self.evaluate()))
+                self.emit(EvalEvent(step=0, metrics=self.evaluate(), details=self.task.eval_details()))
         stream = self._micro_batches()
         started, last_log, tokens_since = time.time(), time.time(), 0
         status = "ok"
@@ -228,16 +228,24 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         with self.accelerator.autocast():
-            metrics = self.task.evaluate(self.model, self._eval_batches())
-        return {k: float(self.accelerator.reduce(torch.tensor(v, device=self.accelerator.device), "mean"))
-                for k, v in metrics.items()}
+            return self.task.evaluate(self.model, self._eval_batches(), combine=self._sum_over_processes)
+
+    def _sum_over_processes(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Running eval totals (numbers or tensors) summed over every process."""
+        if self.accelerator.num_processes == 1:
+            return state
+        summed = {}
+        for key, value in state.items():
+            tensor = self.accelerator.reduce(torch.as_tensor(value, device=self.accelerator.device), "sum")
+            summed[key] = tensor.cpu() if isinstance(value, torch.Tensor) else tensor.item()
+        return summed
 
     def _evaluate_and_track(self) -> str | None:
         """Evaluate, remember the best eval loss, and say "early_stop" when patience ran out."""
         metrics = self.evaluate()
         step = self.state.global_step
         self.state.extra["last_eval_step"] = step
-        self.emit(EvalEvent(step=step, metrics=metrics))
+        self.emit(EvalEvent(step=step, metrics=metrics, details=self.task.eval_details()))
         loss = metrics.get("eval_loss")
         if loss is None or not math.isfinite(loss):
             return None
