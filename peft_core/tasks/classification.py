@@ -38,3 +38,23 @@ def accuracy_from(state: dict[str, Any]) -> dict[str, float]:
 def details(labels: list[str], confusion: list[list[int]] | None) -> dict[str, Any] | None:
     """For the EvalEvent: rows are the true labels, columns the predicted ones."""
     return None if confusion is None else {"labels": list(labels), "confusion": confusion}
+
+
+class ConfusionMetrics:
+    """Accuracy and a confusion matrix over ``self.labels``, for a task whose outputs are logits per label."""
+
+    labels: list[str]
+    confusion: list[list[int]] | None = None
+
+    def metric_state(self) -> dict[str, Any]:
+        return confusion_state(len(self.labels))
+
+    def update_metric(self, state: dict[str, Any], outputs: Any, batch: dict[str, torch.Tensor]) -> None:
+        add_to_confusion(state, outputs.argmax(-1).flatten(), batch["labels"].flatten())
+
+    def finish_metric(self, state: dict[str, Any]) -> dict[str, float]:
+        self.confusion = state["matrix"].tolist()
+        return accuracy_from(state)
+
+    def eval_details(self) -> dict[str, Any] | None:
+        return details(self.labels, self.confusion)

@@ -17,7 +17,7 @@ from peft_core.tasks import classification
 from peft_core.tasks.base import Features, Task, report_from_loaded
 
 
-class ImageClsTask(Task):
+class ImageClsTask(classification.ConfusionMetrics, Task):
     name = "image_cls"
     task_type = TaskType.IMAGE_CLS
     auto_class = "AutoModelForImageClassification"
@@ -77,18 +77,6 @@ class ImageClsTask(Task):
         logits = model(pixel_values=batch["pixel_values"]).logits
         return F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / max(total_items, 1), logits
 
-    def metric_state(self) -> dict[str, Any]:
-        return classification.confusion_state(len(self.labels))
-
-    def update_metric(self, state: dict[str, Any], outputs: Any, batch: dict[str, torch.Tensor]) -> None:
-        classification.add_to_confusion(state, outputs.argmax(-1), batch["labels"])
-
-    def finish_metric(self, state: dict[str, Any]) -> dict[str, float]:
-        self.confusion = state["matrix"].tolist()
-        return classification.accuracy_from(state)
-
-    def eval_details(self) -> dict[str, Any] | None:
-        return classification.details(self.labels, getattr(self, "confusion", None))
 
 
 def _split_per_class(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:

@@ -15,7 +15,7 @@ from peft_core.tasks.base import Features
 from peft_core.tasks.text import TextTask
 
 
-class SeqClsTask(TextTask):
+class SeqClsTask(classification.ConfusionMetrics, TextTask):
     name = "seq_cls"
     task_type = TaskType.SEQ_CLS
     auto_class = "AutoModelForSequenceClassification"
@@ -65,16 +65,3 @@ class SeqClsTask(TextTask):
         labels = batch["labels"]
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         return F.cross_entropy(logits.float(), labels, reduction="sum") / max(total_items, 1), logits
-
-    def metric_state(self) -> dict[str, Any]:
-        return classification.confusion_state(len(self.labels))
-
-    def update_metric(self, state: dict[str, Any], outputs: Any, batch: dict[str, torch.Tensor]) -> None:
-        classification.add_to_confusion(state, outputs.argmax(-1), batch["labels"])
-
-    def finish_metric(self, state: dict[str, Any]) -> dict[str, float]:
-        self.confusion = state["matrix"].tolist()
-        return classification.accuracy_from(state)
-
-    def eval_details(self) -> dict[str, Any] | None:
-        return classification.details(self.labels, getattr(self, "confusion", None))

@@ -17,7 +17,7 @@ from peft_core.tasks.text import TextTask
 IGNORE = -100
 
 
-class TokenClsTask(TextTask):
+class TokenClsTask(classification.ConfusionMetrics, TextTask):
     name = "token_cls"
     task_type = TaskType.TOKEN_CLS
     auto_class = "AutoModelForTokenClassification"
@@ -76,16 +76,3 @@ class TokenClsTask(TextTask):
         logits = logits[:, -labels.shape[1]:]
         summed = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
         return summed / max(total_items, 1), logits
-
-    def metric_state(self) -> dict[str, Any]:
-        return classification.confusion_state(len(self.labels))
-
-    def update_metric(self, state: dict[str, Any], outputs: Any, batch: dict[str, torch.Tensor]) -> None:
-        classification.add_to_confusion(state, outputs.argmax(-1).flatten(), batch["labels"].flatten())
-
-    def finish_metric(self, state: dict[str, Any]) -> dict[str, float]:
-        self.confusion = state["matrix"].tolist()
-        return classification.accuracy_from(state)
-
-    def eval_details(self) -> dict[str, Any] | None:
-        return classification.details(self.labels, getattr(self, "confusion", None))

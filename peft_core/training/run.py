@@ -50,14 +50,20 @@ def encode_all(task: Task, examples: list[Any]) -> list[dict]:
 
 def validate(config: RunConfig) -> DataReport:
     """Read and encode the data exactly as training would, and report on it (no model is loaded)."""
+    task, _, _ = _read_and_encode(config)
+    return task.report
+
+
+def _read_and_encode(config: RunConfig) -> tuple[Task, list, list]:
+    """The task with its processor, the encoded training and eval rows, and the data report filled in."""
     task = make_task(config)
     task.load_processor()
-    train, _ = task.read()
-    rows = encode_all(task, train)
-    if not rows:
-        raise ValueError(f"no example of {config.data.train} has anything to train; see the report's dropped rows")
-    task.finish_report(rows, seed=config.training.seed)
-    return task.report
+    train, evaluation = task.read()
+    train_rows = encode_all(task, train)
+    if not train_rows:
+        raise ValueError(f"no example of {config.data.train} has anything to train; see the data report's dropped rows")
+    task.finish_report(train_rows, seed=config.training.seed)
+    return task, train_rows, encode_all(task, evaluation or [])
 
 
 def _weight_bits(config: RunConfig, precision: str, device: torch.device) -> int:
@@ -138,14 +144,7 @@ def build(config: RunConfig, accelerator: Any, precision: str) -> tuple[Task, to
     if engine in ("DEEPSPEED", "FSDP") and config.model.quantization != "none":
         raise ValueError(f"{engine} cannot shard a {config.model.quantization} model; "
                          "launch QLoRA with DDP (configs/accelerate/ddp.yaml) or on one GPU")
-    task = make_task(config)
-    task.load_processor()
-    train, evaluation = task.read()
-    train_rows = encode_all(task, train)
-    if not train_rows:
-        raise ValueError(f"no example of {config.data.train} has anything to train; run validate to see why")
-    task.finish_report(train_rows, seed=config.training.seed)
-    eval_rows = encode_all(task, evaluation or [])
+    task, train_rows, eval_rows = _read_and_encode(config)
     train_rows = task.rows_for_training(train_rows, config.training.seed)
     base = task.load_model(precision, accelerator.device)
     gc = config.model.gradient_checkpointing
