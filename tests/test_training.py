@@ -234,3 +234,16 @@ def test_sharded_engines_refuse_what_they_cannot_do(model_dirs, tmp_path, monkey
                              gradient_accumulation_steps=2)
     done = train(accumulated)
     assert done.status == "failed" and "gradient_accumulation_steps to 1" in done.error
+
+
+def test_gradient_checkpointing_gives_the_same_run(model_dirs, tmp_path):
+    # non-reentrant checkpointing with frozen embeddings: the adapter still gets its gradients
+    runs = {}
+    for checkpointing in (False, True):
+        config = run_config("causal_lm", model_dirs["llama"], SAMPLES / "alpaca.jsonl", tmp_path / str(checkpointing),
+                            max_steps=3, method={"name": "lora", "r": 4, "init_lora_weights": "gaussian"})
+        config.model.gradient_checkpointing = checkpointing
+        assert train(config).status == "ok"
+        runs[checkpointing] = [e.loss for e in steps_of(tmp_path / str(checkpointing))]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+    assert runs[True][-1] != runs[True][0]  # it did train
