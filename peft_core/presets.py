@@ -104,6 +104,12 @@ def _materialize_tiny_vit(target: Path) -> None:
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(target)
 
 
+def _materialize_tiny_sd(target: Path) -> None:
+    from peft_core.diffusion import materialize_tiny_sd
+
+    materialize_tiny_sd(target)
+
+
 PRESETS: dict[str, ModelPreset] = {
     preset.key: preset
     for preset in [
@@ -139,6 +145,17 @@ PRESETS: dict[str, ModelPreset] = {
             random_weights=True,
         ),
         ModelPreset(
+            key="tiny-sd-random",
+            title="Tiny Stable Diffusion (random weights)",
+            hub_id="",
+            task_types=(),
+            license="Apache-2.0",
+            description="SD 1.5's parts at toy size, 32x32 images, random weights: shows DreamBooth offline",
+            install_hint=_MINILM_HINT,
+            materialize=_materialize_tiny_sd,
+            random_weights=True,
+        ),
+        ModelPreset(
             key="tiny-vit-random",
             title="Tiny ViT (random weights)",
             hub_id="",
@@ -153,6 +170,7 @@ PRESETS: dict[str, ModelPreset] = {
 }
 
 DEFAULT_LLM = "smollm2-135m-instruct"
+DEFAULT_DIFFUSION = "tiny-sd-random"
 
 
 def base_model_id(name_or_path: str) -> str:
@@ -167,6 +185,11 @@ def base_model_id(name_or_path: str) -> str:
     return preset.key if preset.random_weights else preset.hub_id
 
 
+def _complete(folder: Path) -> bool:
+    """A transformers model folder, or a diffusers pipeline folder."""
+    return (folder / "config.json").is_file() or (folder / "model_index.json").is_file()
+
+
 def resolve_model(name_or_path: str) -> str:
     """A path or Hub id that ``from_pretrained`` accepts for ``name_or_path``."""
     name = name_or_path.strip()
@@ -178,7 +201,7 @@ def resolve_model(name_or_path: str) -> str:
     if preset.locate is not None:
         return str(preset.locate())
     target = cache_dir() / "models" / preset.key
-    if (target / "config.json").is_file():
+    if _complete(target):
         return str(target)
     logger.info("preparing preset %s in %s (once)", preset.key, target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +211,7 @@ def resolve_model(name_or_path: str) -> str:
         try:
             os.replace(staging, target)  # atomic: a half-written folder is never taken for the model
         except OSError:
-            if not (target / "config.json").is_file():  # not just another process finishing first
+            if not _complete(target):  # not just another process finishing first
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -142,6 +142,55 @@ class TrainingSettings:
 
 
 @dataclass
+class DreamBoothSettings:
+    """What only a DreamBooth run uses (task: dreambooth); the UNet's adapter is the run's method."""
+
+    instance_prompt: str = config_field("a photo of sks dog", help="The prompt for your images, with a rare token.")
+    class_prompt: str = config_field("a photo of dog", help="The same prompt without the token, for prior preservation.")
+    with_prior_preservation: bool = config_field(
+        True, help="Also train on images the base model makes of the class, so it keeps knowing the class."
+    )
+    num_class_images: int = config_field(50, help="How many class images to make (once; they are cached).")
+    prior_loss_weight: float = config_field(1.0, help="Weight of the class images' loss.")
+    class_inference_steps: int = config_field(25, help="Sampling steps for each class image.")
+    resolution: int = config_field(512, help="Training images are resized and cropped to this size.")
+    center_crop: bool = config_field(True, help="Crop at the centre; off: a random crop each time.")
+    skip_bad_images: bool = config_field(
+        False, help="Leave out unreadable or too small images (the report names them) instead of stopping."
+    )
+    train_text_encoder: bool = config_field(False, help="Also train a LoRA on the text encoder.")
+    text_encoder_r: int = config_field(8, help="Rank of the text encoder's LoRA.")
+    text_encoder_alpha: float = config_field(8.0, help="Alpha of the text encoder's LoRA.")
+    noise_offset: float = config_field(0.0, help="Noise offset (0.05-0.1 helps very dark or bright images).")
+    snr_gamma: float | None = config_field(None, help="Min-SNR loss weighting (5.0 is usual); empty: off.")
+    validation_prompts: list[str] = config_field([], help="Prompts for the sample images (empty: the instance prompt).")
+    validation_steps: int | None = config_field(100, help="Make sample images every N steps (and at step 0).")
+    validation_inference_steps: int = config_field(25, help="Sampling steps for each sample image.")
+    guidance_scale: float = config_field(7.5, help="Classifier-free guidance of the sample images.")
+
+    def __post_init__(self) -> None:
+        for name in ("instance_prompt",):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ValueError(f"dreambooth.{name} is empty; describe your images, e.g. 'a photo of sks dog'")
+        if self.with_prior_preservation and not (isinstance(self.class_prompt, str) and self.class_prompt.strip()):
+            raise ValueError("dreambooth.class_prompt is empty; prior preservation needs it (e.g. 'a photo of dog')")
+        for name in ("num_class_images", "class_inference_steps", "resolution", "text_encoder_r",
+                     "validation_inference_steps"):
+            _positive_int(f"dreambooth.{name}", getattr(self, name))
+        _positive_int("dreambooth.validation_steps", self.validation_steps, allow_none=True)
+        if self.resolution % 8:
+            raise ValueError(f"dreambooth.resolution must be a multiple of 8; got {self.resolution}")
+        _number_in("dreambooth.prior_loss_weight", self.prior_loss_weight, 0.0, 100.0)
+        _number_in("dreambooth.text_encoder_alpha", self.text_encoder_alpha, 0.0, 1e4, low_open=True)
+        _number_in("dreambooth.noise_offset", self.noise_offset, 0.0, 1.0)
+        if self.snr_gamma is not None:
+            _number_in("dreambooth.snr_gamma", self.snr_gamma, 0.0, 100.0, low_open=True)
+        _number_in("dreambooth.guidance_scale", self.guidance_scale, 0.0, 50.0)
+        if not isinstance(self.validation_prompts, list) or not all(isinstance(p, str) for p in self.validation_prompts):
+            raise ValueError("dreambooth.validation_prompts must be a list of prompts")
+
+
+@dataclass
 class RunConfig:
     """A whole run: task, model, method (the method's own config fields), data, training."""
 
@@ -150,6 +199,7 @@ class RunConfig:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})
     data: DataSettings = field(default_factory=DataSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    dreambooth: DreamBoothSettings = field(default_factory=DreamBoothSettings)
 
     def __post_init__(self) -> None:
         _choice("task", self.task, tuple(TASK_TYPES))
@@ -187,16 +237,18 @@ class RunConfig:
             "method": dict(self.method),
             "data": dataclasses.asdict(self.data),
             "training": dataclasses.asdict(self.training),
+            **({"dreambooth": dataclasses.asdict(self.dreambooth)} if self.task == "dreambooth" else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         if not isinstance(data, dict):
             raise ValueError(f"a run config is a mapping of sections; got {type(data).__name__}")
-        sections = {"model": ModelSettings, "data": DataSettings, "training": TrainingSettings}
+        sections = {"model": ModelSettings, "data": DataSettings, "training": TrainingSettings,
+                    "dreambooth": DreamBoothSettings}
         unknown = sorted(set(data) - set(sections) - {"task", "method"})
         if unknown:
-            raise ValueError(f"unknown section(s) {', '.join(unknown)}; a run config has: task, model, method, data, training")
+            raise ValueError(f"unknown section(s) {', '.join(unknown)}; a run config has: task, model, method, data, training, dreambooth")
         kwargs: dict[str, Any] = {"task": data.get("task", "causal_lm"), "method": dict(data.get("method") or {"name": "lora"})}
         for name, section_cls in sections.items():
             values = data.get(name) or {}

@@ -91,18 +91,28 @@ def load_images(
 
 
 def load_instance_images(
-    path: str | os.PathLike, extract_to: str | os.PathLike, min_size: int = 64, skip_bad: bool = False
+    path: str | os.PathLike,
+    extract_to: str | os.PathLike,
+    min_size: int = 64,
+    skip_bad: bool = False,
+    skipped: list[str] | None = None,
 ) -> list[str]:
-    """The images of a folder or ZIP with no classes (DreamBooth's instance images), sorted."""
+    """The images of a folder or ZIP with no classes (DreamBooth's instance images), sorted.
+
+    With ``skip_bad`` bad images are left out and, when ``skipped`` is given,
+    listed in it ("name: why"); without it the first bad image raises, naming all.
+    """
     path = Path(path)
     root, files = _gather(path, extract_to, 2 * 2**30, 100_000)
     images = [file for file in files if file.suffix.lower() in IMAGE_EXTENSIONS]
     candidates = [_Candidate(row, root / file, str(file)) for row, file in enumerate(images, start=1)]
     good, problems = _inspect_all(candidates, min_size)
-    skipped: list[DroppedRow] = []
-    _handle_problems(problems, path.name, skip_bad, skipped)
-    for row in skipped:
+    dropped: list[DroppedRow] = []
+    _handle_problems(problems, path.name, skip_bad, dropped)
+    for row in dropped:
         logger.warning("skipped %s", row.reason)
+        if skipped is not None:
+            skipped.append(row.reason)
     if not good:
         raise DataError("no_images", file=path.name, extensions=_EXTENSIONS)
     return sorted(str(candidate.path) for candidate in good)

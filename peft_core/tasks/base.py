@@ -92,6 +92,33 @@ class Task:
             **self.model_kwargs(),
         )
 
+    def build_model(self, precision: str, device: torch.device) -> nn.Module:
+        """The base model with the run's adapter (4/8-bit and checkpointing as configured)."""
+        import dataclasses
+
+        from peft_core.kbit import prepare_model_for_kbit_training
+        from peft_core.peft_model import get_peft_model
+        from peft_core.presets import base_model_id
+
+        base = self.load_model(precision, device)
+        settings = self.config.model
+        if settings.quantization != "none":
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=settings.gradient_checkpointing)
+        elif settings.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        method = dataclasses.replace(self.config.method_config(), base_model_name_or_path=base_model_id(settings.name_or_path))
+        return get_peft_model(base, method)
+
+    # -- samples during training -----------------------------------------------------------
+    @property
+    def sample_every(self) -> int | None:
+        """Make samples (``sample``) at step 0 and every this many steps; None: never."""
+        return None
+
+    def sample(self, model: nn.Module, step: int, run_dir: str) -> tuple[list[str], list[str]]:
+        """(image paths relative to the run folder, their prompts) made by the model as it is now."""
+        raise NotImplementedError
+
     # -- data ----------------------------------------------------------------------
     def read(self) -> tuple[list[Any], list[Any] | None]:
         """Train and eval examples (typed, from peft_core.data); fills ``self.report``'s reading part."""

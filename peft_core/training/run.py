@@ -9,7 +9,6 @@ and ``estimate(config)`` the memory estimate without loading any weights.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import traceback
@@ -18,9 +17,7 @@ from typing import Any
 
 import torch
 
-from peft_core.kbit import prepare_model_for_kbit_training
 from peft_core.peft_model import get_peft_model
-from peft_core.presets import base_model_id
 from peft_core.run_config import RunConfig
 from peft_core.tasks import DataReport, Task, make_task
 from peft_core.training import memory
@@ -146,14 +143,7 @@ def build(config: RunConfig, accelerator: Any, precision: str) -> tuple[Task, to
                          "launch QLoRA with DDP (configs/accelerate/ddp.yaml) or on one GPU")
     task, train_rows, eval_rows = _read_and_encode(config)
     train_rows = task.rows_for_training(train_rows, config.training.seed)
-    base = task.load_model(precision, accelerator.device)
-    gc = config.model.gradient_checkpointing
-    if config.model.quantization != "none":
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gc)
-    elif gc:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    method = dataclasses.replace(config.method_config(), base_model_name_or_path=base_model_id(config.model.name_or_path))
-    model = get_peft_model(base, method)
+    model = task.build_model(precision, accelerator.device)
     upcast_trainable(model)
     return task, model, train_rows, eval_rows
 
@@ -189,13 +179,14 @@ def train(
                 callback(event)
 
     try:
-        estimate_now = estimate(config, accelerator.device)
-        emit(EstimateEvent(step=0, estimate=estimate_now.as_dict(), measured_peak_gb=None,
-                           device=memory.device_memory_gb()[0]))
+        estimate_now = estimate(config, accelerator.device) if config.task != "dreambooth" else None
+        if estimate_now is not None:  # DreamBooth: only the peak measured after the first steps
+            emit(EstimateEvent(step=0, estimate=estimate_now.as_dict(), measured_peak_gb=None,
+                               device=memory.device_memory_gb()[0]))
         task, model, train_rows, eval_rows = build(config, accelerator, precision)
         emit(LogEvent(level="info", message=f"training on {len(train_rows)} rows ({precision}, {accelerator.device})"))
         trainer = Trainer(task, model, config, train_rows, eval_rows, accelerator, emit=emit, stop=stop,
-                          estimate=estimate_now.as_dict())
+                          estimate=estimate_now.as_dict() if estimate_now else {})
         done = trainer.fit()
     except torch.OutOfMemoryError:
         advice = _oom_advice(config, precision, device)

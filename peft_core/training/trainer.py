@@ -34,6 +34,7 @@ from peft_core.training.events import (
     EstimateEvent,
     EvalEvent,
     Event,
+    SampleEvent,
     StepEvent,
     device_memory_gb,
     process_memory,
@@ -57,7 +58,7 @@ class Trainer:
         accelerator: Any,
         emit: Callable[[Event], None] = lambda event: None,
         stop: Callable[[], bool] = lambda: False,
-        estimate: dict[str, float] | None = None,
+        estimate: dict[str, float] | None = None,  # {} when there is none (DreamBooth)
     ) -> None:
         self.task, self.model, self.config = task, model, config
         self.train_rows, self.eval_rows = train_rows, eval_rows or []
@@ -170,6 +171,8 @@ class Trainer:
             seed_everything(self.config.training.seed)
             if self.eval_rows:  # where the run starts from, for comparison
                 self.emit(EvalEvent(step=0, metrics=self.evaluate(), details=self.task.eval_details()))
+            if self.task.sample_every:
+                self._sample()
         stream = self._micro_batches()
         started, last_log, tokens_since = time.time(), time.time(), 0
         status = "ok"
@@ -186,11 +189,13 @@ class Trainer:
                 now = time.time()
                 self._log_step(loss, scheduler, grad_norm, tokens_since / max(now - last_log, 1e-9), now - started)
                 last_log, tokens_since = now, 0
-            if step == min(MEASURE_AFTER, self.total_steps) and self.estimate is not None:
-                self.emit(EstimateEvent(step=step, estimate=self.estimate, device=device_memory_gb()[0],
+            if step == min(MEASURE_AFTER, self.total_steps):
+                self.emit(EstimateEvent(step=step, estimate=self.estimate or {}, device=device_memory_gb()[0],
                                         measured_peak_gb=process_memory(self.accelerator.device)[1]))
             if self._eval_due(step) and self._evaluate_and_track() == "early_stop":
                 break
+            if self.task.sample_every and (step % self.task.sample_every == 0 or step == self.total_steps):
+                self._sample()
             if self._save_due(step):
                 self._save_checkpoint(optimizer, scheduler)
         if status == "ok" and self.eval_rows and not self._evaluated_at(self.state.global_step):
@@ -198,6 +203,13 @@ class Trainer:
         self._save_checkpoint(optimizer, scheduler)
         self._save_adapter(self.run_dir)
         return DoneEvent(status=status, output_dir=self.run_dir)
+
+    def _sample(self) -> None:
+        """Samples from the model as it is now (the main process makes them; the others wait)."""
+        if self.accelerator.is_main_process:
+            images, prompts = self.task.sample(self._unwrapped(), self.state.global_step, self.run_dir)
+            self.emit(SampleEvent(step=self.state.global_step, images=images, texts=prompts))
+        self.accelerator.wait_for_everyone()
 
     def stop_requested(self) -> bool:
         asked = self._stop() or os.path.exists(os.path.join(self.run_dir, STOP_FILE))
