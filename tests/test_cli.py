@@ -16,7 +16,7 @@ from peft_core.training.events import DoneEvent, StepEvent, read_events
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-TASKS = {"causal_lm", "seq2seq", "seq_cls", "token_cls", "image_cls"}
+TASKS = {"causal_lm", "seq2seq", "seq_cls", "token_cls", "image_cls", "dreambooth"}
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,8 @@ def test_every_example_validates_and_trains(path, tmp_path, capsys):
     events = read_events(run_dir / "events.jsonl")[0]
     assert [e.step for e in events if isinstance(e, StepEvent)] == [1, 2]
     assert isinstance(events[-1], DoneEvent) and events[-1].status == "ok"
-    assert load_file(run_dir / "adapter_model.safetensors")
+    adapter = "unet/adapter_model.safetensors" if RunConfig.from_yaml(path).task == "dreambooth" else "adapter_model.safetensors"
+    assert load_file(run_dir / adapter)
     # the saved config reproduces the run (the overrides included)
     saved = RunConfig.from_yaml(run_dir / "config.yaml")
     assert saved.training.max_steps == 2 and saved.method == RunConfig.from_yaml(path).method

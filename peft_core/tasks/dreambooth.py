@@ -24,7 +24,13 @@ from torch import nn
 from peft_core.data import load_instance_images
 from peft_core.tasks.base import DataReport, Features, Task
 
-CLASS_CACHE = "class-images"  # under the peft-studio cache folder
+
+
+def class_cache_dir() -> Path:
+    """Where prior-preservation images are kept between runs (under the peft-studio cache folder)."""
+    from peft_core.presets import cache_dir
+
+    return cache_dir() / "class-images"
 
 
 class DreamBoothTask(Task):
@@ -35,7 +41,6 @@ class DreamBoothTask(Task):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.class_rows: list[Features] = []  # prior-preservation images, once build_model made them
-        self._next_class = 0
 
     @property
     def settings(self):
@@ -51,12 +56,16 @@ class DreamBoothTask(Task):
         from peft_core.models import check_model_name
         from peft_core.presets import resolve_model
 
-        source = resolve_model(check_model_name(self.config.model.name_or_path))
+        name = self.config.model.name_or_path
+        source = resolve_model(check_model_name(name))
+        not_a_pipeline = ValueError(f"{name!r} is not a Stable Diffusion pipeline (no model_index.json and "
+                                    "tokenizer/); DreamBooth needs a diffusers folder or Hub id, e.g. tiny-sd-random")
+        if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "model_index.json")):
+            raise not_a_pipeline
         try:
             self.processor = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
-        except OSError:
-            raise ValueError(f"{self.config.model.name_or_path!r} has no tokenizer/ folder; DreamBooth needs a "
-                             "Stable Diffusion pipeline (a diffusers folder or Hub id)") from None
+        except (OSError, ValueError):
+            raise not_a_pipeline from None
         return self.processor
 
     # -- data ----------------------------------------------------------------------
@@ -93,10 +102,9 @@ class DreamBoothTask(Task):
 
     def collate(self, features: list[Features]) -> dict[str, torch.Tensor]:
         rows = list(features)
-        if self.class_rows:  # as many class images as instance images, in turn
-            for _ in features:
-                rows.append(self.class_rows[self._next_class % len(self.class_rows)])
-                self._next_class += 1
+        if self.class_rows:  # as many class images as instance images, drawn with torch's (checkpointed) generator
+            picks = torch.randint(0, len(self.class_rows), (len(features),)).tolist()
+            rows += [self.class_rows[i] for i in picks]
         pixels = torch.stack([self._pixels(row["path"]) for row in rows])
         ids = self.processor([row["prompt"] for row in rows], padding="max_length", truncation=True,
                              max_length=self.processor.model_max_length, return_tensors="pt").input_ids
@@ -122,13 +130,12 @@ class DreamBoothTask(Task):
     def build_model(self, precision: str, device: torch.device) -> nn.Module:
         from peft_core.diffusion import class_images, load_components
         from peft_core.models import weights_dtype
-        from peft_core.presets import cache_dir
 
         components = load_components(self.config.model.name_or_path, weights_dtype(precision, device), device)
         settings = self.settings
         if settings.with_prior_preservation:
             paths = class_images(components, settings.class_prompt, settings.num_class_images, settings.resolution,
-                                 self.config.training.seed, settings.class_inference_steps, cache_dir() / CLASS_CACHE)
+                                 self.config.training.seed, settings.class_inference_steps, class_cache_dir())
             self.class_rows = [{"path": p, "prompt": settings.class_prompt, "prior": True} for p in paths]
         return DreamBoothModel(components, self.config)
 
