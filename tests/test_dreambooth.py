@@ -206,12 +206,27 @@ def test_bad_uploads_are_named(tmp_path):
     report = validate(config_for(folder, tmp_path / "run", skip_bad_images=True))
     assert report.used == 3 and any("dot.png" in reason for reason in report.dropped)
 
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        for path in sorted(folder.glob("dog*")):
+            zf.write(path, f"my dog/{path.name}")
+    report = validate(config_for(good, tmp_path / "zip-ok"))
+    assert report.used == 3 and report.source == "good.zip"
+    assert "1 of 3 images have their own caption" in report.notes[0]  # dog0.txt travelled in the ZIP
+
     archive = tmp_path / "escape.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("../outside.png", (folder / "dog1.png").read_bytes())
     err = _error(config_for(archive, tmp_path / "zip-run"))
     assert err.code == "zip_slip" and "../outside.png" in str(err)
     assert not (tmp_path / "outside.png").exists()
+
+
+def test_estimate_says_it_has_none_for_dreambooth(capsys):
+    from peft_core.cli import main
+
+    assert main(["estimate", str(Path(__file__).resolve().parent.parent / "examples" / "dreambooth.yaml")]) == 2
+    assert "no memory estimate for DreamBooth" in capsys.readouterr().err
 
 
 def test_settings_are_checked():

@@ -23,7 +23,7 @@ from peft_core.tasks import DataReport, Task, make_task
 from peft_core.training import memory
 from peft_core.training.events import DoneEvent, EstimateEvent, Event, EventLog, LogEvent
 from peft_core.training.precision import accelerate_mixed_precision, pick_device, pick_precision, upcast_trainable
-from peft_core.training.trainer import Trainer, seed_everything
+from peft_core.training.trainer import MEASURE_AFTER, Trainer, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ def _weight_bits(config: RunConfig, precision: str, device: torch.device) -> int
 
 def estimate(config: RunConfig, device: torch.device | None = None) -> memory.MemoryEstimate:
     """How much memory the run needs, from the model's config alone (built on the meta device)."""
+    if config.task == "dreambooth":
+        raise ValueError("there is no memory estimate for DreamBooth yet; a run reports the peak it measured after "
+                         f"{MEASURE_AFTER} steps (events.jsonl), and docs/benchmarks.md has measured peaks")
     device = device or pick_device()
     precision = pick_precision(config.training.precision, device)
     model, trainable = _meta_model(config)
