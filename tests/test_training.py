@@ -14,7 +14,7 @@ from peft_core import PeftModel
 from peft_core.tasks import make_task
 from peft_core.training.batching import epoch_batches
 from peft_core.training.events import DoneEvent, EstimateEvent, EvalEvent, StepEvent, read_events
-from peft_core.training.run import encode_all, train
+from peft_core.training.run import encode_all, read_labels, train
 
 TASKS = {
     # name: (task, model, data file, extra data settings)
@@ -52,6 +52,7 @@ def test_every_task_trains_and_saves_a_peft_adapter(name, model_dirs, tmp_path):
     assert [e.step for e in evals] == [0, 12]
     if task in ("seq_cls", "token_cls", "image_cls"):  # a confusion matrix over the labels, rows = truth
         details = evals[-1].details
+        assert read_labels(run_dir) == details["labels"]  # kept with the run, for testing the adapter later
         assert len(details["confusion"]) == len(details["labels"]) >= 2
         right = sum(details["confusion"][i][i] for i in range(len(details["labels"])))
         total = sum(map(sum, details["confusion"]))

@@ -137,6 +137,26 @@ def _check_run_dir(config: RunConfig) -> None:
         )
 
 
+LABELS_FILE = "labels.json"
+
+
+def _write_labels(run_dir: str, labels: list[str]) -> None:
+    """The class names of a classification run, in head order (the adapter files hold only the head's weights)."""
+    tmp = os.path.join(run_dir, LABELS_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"labels": list(labels)}, fh, ensure_ascii=False, indent=1)
+    os.replace(tmp, os.path.join(run_dir, LABELS_FILE))
+
+
+def read_labels(run_dir: str | os.PathLike) -> list[str] | None:
+    """The labels a classification run wrote, or None."""
+    path = os.path.join(run_dir, LABELS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return list(json.load(fh)["labels"])
+
+
 def build(config: RunConfig, accelerator: Any, precision: str) -> tuple[Task, torch.nn.Module, list, list]:
     """Task, model with a fresh adapter, and the encoded training and eval rows."""
     seed_everything(config.training.seed)  # the new head and the adapter start the same on every run
@@ -187,6 +207,8 @@ def train(
             emit(EstimateEvent(step=0, estimate=estimate_now.as_dict(), measured_peak_gb=None,
                                device=memory.device_memory_gb()[0]))
         task, model, train_rows, eval_rows = build(config, accelerator, precision)
+        if accelerator.is_main_process and getattr(task, "labels", None):
+            _write_labels(run_dir, task.labels)
         emit(LogEvent(level="info", message=f"training on {len(train_rows)} rows ({precision}, {accelerator.device})"))
         trainer = Trainer(task, model, config, train_rows, eval_rows, accelerator, emit=emit, stop=stop,
                           estimate=estimate_now.as_dict() if estimate_now else {})
