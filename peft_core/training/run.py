@@ -9,6 +9,7 @@ and ``estimate(config)`` the memory estimate without loading any weights.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import traceback
