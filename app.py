@@ -1,4 +1,9 @@
-"""PEFT Studio: the Gradio app. Builds the Blocks from pages/ and launches."""
+"""PEFT Studio: the Gradio app. Builds the Blocks from pages/ and launches.
+
+Locally it is single-user (every run is yours). On a Hugging Face Space (or with
+``--shared``) each browser is its own user: it sees and stops only its own runs,
+and GPU jobs wait their turn in one queue.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,28 @@ from pathlib import Path
 
 import gradio as gr
 
-from pages import planner
+from pages import api, common, dreambooth, publish_tab, test_tab, training
 from peft_core.presets import DEFAULT_LLM, resolve_model
 
 CSS = Path(__file__).parent / "assets" / "studio.css"
+TEXT_FILES = [".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt"]
 
 
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="PEFT Studio") as demo:
         gr.Markdown("# PEFT Studio\nParameter-efficient fine-tuning of LLMs, ViT and Stable Diffusion.")
-        planner.build()
+        owner = gr.BrowserState(None, storage_key="peft-studio-owner")  # survives page reloads
+
+        def ensure_owner(token):
+            return token or common.new_token()
+
+        demo.load(ensure_owner, owner, owner, api_name=False)
+        training.build("LLM", ["causal_lm", "seq2seq", "seq_cls", "token_cls"], DEFAULT_LLM, owner, TEXT_FILES)
+        training.build("Vision", ["image_cls"], "tiny-vit-random", owner, [".zip", ".csv", ".jsonl"])
+        dreambooth.build(owner)
+        test_tab.build(owner)
+        publish_tab.build(owner)
+        api.build()
     return demo
 
 
@@ -27,11 +44,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Start the PEFT Studio web app.")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--runs", default=os.environ.get("PEFT_STUDIO_RUNS", "runs"), help="where runs are kept")
+    parser.add_argument("--shared", action="store_true", default=bool(os.environ.get("SPACE_ID")),
+                        help="several users: each sees only their own runs (the default on a Space)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    common.configure(args.runs, single_user=not args.shared)
     # Prepare the offline default model while the page loads (once; ~20 s the first time).
     threading.Thread(target=resolve_model, args=(DEFAULT_LLM,), daemon=True).start()
-    build_app().launch(server_name=args.host, server_port=args.port, css_paths=[CSS])
+    build_app().queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
+                                                           css_paths=[CSS])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ import gradio as gr
 @dataclass(frozen=True)
 class FormField:
     name: str
-    kind: str  # "bool" | "int" | "float" | "choice" | "names" | "ints"
+    kind: str  # "bool" | "int" | "float" | "int?" | "float?" (may be empty) | "text" | "choice" | "names" | "ints"
     default: Any
     help: str
     choices: tuple | None = None
@@ -28,14 +29,21 @@ class FormField:
 def _kind(hint: Any, choices: tuple | None) -> str:
     if choices:
         return "choice"
-    args = set(typing.get_args(hint)) - {type(None)}
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = set(typing.get_args(hint)) - {type(None)} if optional else set()
     if hint is bool:
         return "bool"
     if hint is int:
         return "int"
     if hint is float:
         return "float"
-    if int in args or list[int] in args:
+    if hint is str or args == {str}:
+        return "text"
+    if args == {int}:
+        return "int?"
+    if args == {float} or args == {int, float}:
+        return "float?"
+    if int in args or list[int] in args or hint == list[int]:
         return "ints"
     return "names"
 
@@ -56,16 +64,17 @@ def form_fields(config_cls: type) -> list[FormField]:
 def widget(field: FormField) -> gr.components.Component:
     label = field.name
     if field.kind == "bool":
-        return gr.Checkbox(value=bool(field.default), label=label, info=field.help)
-    if field.kind == "int":
-        return gr.Number(value=field.default, label=label, info=field.help, precision=0)
-    if field.kind == "float":
-        return gr.Number(value=field.default, label=label, info=field.help)
+        return gr.Checkbox(value=bool(field.default), label=label, info=field.help, interactive=True)
+    if field.kind in ("int", "int?"):
+        return gr.Number(value=field.default, label=label, info=field.help, precision=0, interactive=True)
+    if field.kind in ("float", "float?"):
+        return gr.Number(value=field.default, label=label, info=field.help, interactive=True)
     if field.kind == "choice":
         labels = [choice_label(c) for c in field.choices]
-        return gr.Dropdown(choices=labels, value=choice_label(field.default), label=label, info=field.help)
+        return gr.Dropdown(choices=labels, value=choice_label(field.default), label=label, info=field.help,
+                           interactive=True)
     text = "" if field.default is None else ", ".join(map(str, field.default)) if isinstance(field.default, list) else str(field.default)
-    return gr.Textbox(value=text, label=label, info=field.help)
+    return gr.Textbox(value=text, label=label, info=field.help, interactive=True)
 
 
 def choice_label(choice: Any) -> str:
@@ -96,7 +105,13 @@ def _parse(field: FormField, value: Any) -> Any:
         return float(value)
     if field.kind == "bool":
         return bool(value)
+    if field.kind in ("int?", "float?"):
+        if value is None or value == "" or (value == 0 and field.default is None):
+            return None  # empty (a number box shows an empty optional as 0): the setting is off
+        return int(value) if field.kind == "int?" else float(value)
     text = (value or "").strip()
+    if field.kind == "text":
+        return text if text or field.default is not None else None
     if not text:
         return None
     if field.kind == "ints":

@@ -7,19 +7,10 @@ import urllib.request
 
 import gradio as gr
 import pytest
-from models import MODELS
 
 import app
 from pages.forms import choice_label, form_fields, to_settings
-from pages.planner import run_plan
-from peft_core import LoraConfig, get_peft_model
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    MODELS["llama"].fresh().save_pretrained(path)
-    return str(path)
+from peft_core import LoraConfig
 
 
 def form_values(**overrides):
@@ -60,23 +51,6 @@ def test_form_values_become_typed_settings():
         to_settings(fields, form_values(layers_to_transform="first"))
 
 
-def test_plan_handler_matches_a_real_model(tiny_llama_dir):
-    summary, config_json = run_plan(tiny_llama_dir, "CAUSAL_LM", "lora", *form_values(r=4, target_modules="all-linear"))
-    real = get_peft_model(MODELS["llama"].fresh(), LoraConfig(r=4, target_modules="all-linear"))
-    trainable, total = real.get_nb_trainable_parameters()
-    assert f"trainable params: **{trainable:,d}** || all params: {total:,d}" in summary
-    assert '"peft_type": "LORA"' in config_json and '"r": 4' in config_json
-
-
-def test_plan_handler_shows_errors_in_the_page(tiny_llama_dir):
-    with pytest.raises(gr.Error, match="r must be a positive whole number"):
-        run_plan(tiny_llama_dir, "CAUSAL_LM", "lora", *form_values(r=0))
-    with pytest.raises(gr.Error, match=r"target_modules \['query'\] matched nothing"):
-        run_plan(tiny_llama_dir, "CAUSAL_LM", "lora", *form_values(target_modules="query"))
-    with pytest.raises(gr.Error, match="cannot read the model config"):
-        run_plan("/nonexistent/model", "CAUSAL_LM", "lora", *form_values())
-
-
 def test_server_starts_and_serves_the_page():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,5 +61,27 @@ def test_server_starts_and_serves_the_page():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
             assert response.status == 200
             assert "PEFT Studio" in response.read().decode()
+    finally:
+        demo.close()
+
+
+def test_tabs_and_named_api_endpoints(tmp_path):
+    from gradio_client import Client
+
+    from pages import common
+
+    common.configure(tmp_path / "runs", single_user=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = app.build_app()
+    labels = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
+    assert labels == ["LLM", "Vision", "DreamBooth", "Test", "Publish"]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        api = Client(f"http://127.0.0.1:{port}/", verbose=False).view_api(return_format="dict", print_info=False)
+        names = set(api["named_endpoints"])
+        assert {"/start_run", "/run_status", "/stop_run", "/check_config", "/load_adapter", "/compare", "/publish",
+                "/download_zip", "/merge"} <= names, names
     finally:
         demo.close()

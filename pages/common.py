@@ -1,0 +1,65 @@
+"""What every page shares: the job runner, who the user is, and how engine errors reach the page.
+
+Handlers are plain functions of plain values (tested without a browser); the
+Gradio wiring lives in each page's ``build``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft_core.jobs import JobRunner
+
+
+@dataclass
+class AppSettings:
+    runs_root: Path
+    single_user: bool  # local default: every run is "local"; on a shared Space each browser is its own owner
+
+
+_settings = AppSettings(Path(os.environ.get("PEFT_STUDIO_RUNS", "runs")), single_user=True)
+_runner: JobRunner | None = None
+
+
+def configure(runs_root: str | os.PathLike, single_user: bool) -> None:
+    """Set where runs live and whether users are kept apart (before the Blocks are built)."""
+    global _runner, _settings
+    _settings = AppSettings(Path(runs_root), single_user)
+    _runner = None
+
+
+def settings() -> AppSettings:
+    return _settings
+
+
+def runner() -> JobRunner:
+    global _runner
+    if _runner is None:
+        _settings.runs_root.mkdir(parents=True, exist_ok=True)
+        _runner = JobRunner(_settings.runs_root, single_user=_settings.single_user)
+    return _runner
+
+
+def owner_of(token: str | None) -> str:
+    """The owner a browser acts as: "local" in single-user mode, else its own random token."""
+    if _settings.single_user:
+        return "local"
+    if not token:
+        raise ValueError("this browser has no identity yet; reload the page")
+    return token
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def message(exc: BaseException) -> str:
+    """An engine error as the page shows it: the message itself, never a stack trace alone."""
+    text = str(exc).strip() or type(exc).__name__
+    advice = getattr(exc, "advice", None)
+    if advice:
+        text += "\n" + "\n".join(f"- {line}" for line in advice)
+    return text
