@@ -27,6 +27,8 @@ _runner: JobRunner | None = None
 def configure(runs_root: str | os.PathLike, single_user: bool) -> None:
     """Set where runs live and whether users are kept apart (before the Blocks are built)."""
     global _runner, _settings
+    if _runner is not None:  # its running children are asked to stop (their adapters are saved)
+        _runner.shutdown()
     _settings = AppSettings(Path(runs_root), single_user)
     _runner = None
 

@@ -67,76 +67,75 @@ def dreambooth_config(model: str, method: str, method_values: list, data: str, d
 
 def build(owner_state: gr.State) -> None:
     job_state = gr.State(None)
-    with gr.Tab("DreamBooth", elem_id="tab-dreambooth"):
-        with gr.Row():
-            with gr.Column(scale=5):
-                gr.Markdown("Teach Stable Diffusion a subject from 3-30 photos. A `name.txt` next to `name.png` "
-                            "(inside a ZIP) is that photo's own caption.")
-                images = gr.File(label="Instance images (or one ZIP)", file_count="multiple",
-                                 file_types=["image", ".zip"], type="filepath", interactive=True)
-                thumbs = gr.Gallery(label="Your images", columns=6, height=140, show_label=True)
-                images.change(lambda files: [f for f in files or [] if not f.lower().endswith(".zip")], images,
-                              thumbs, api_name=False)
-                diffusion = [k for k, p in PRESETS.items() if not p.task_types and k.endswith("sd-random")]
-                model = gr.Dropdown(choices=diffusion, value=diffusion[0], allow_custom_value=True,
-                                    label="Stable Diffusion model",
-                                    info="tiny-sd-random works offline; e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
-                with gr.Accordion("Prompts, prior preservation, text encoder, samples", open=True):
-                    db_widgets = []
-                    for start in range(0, len(DREAMBOOTH_FIELDS), 3):
-                        with gr.Row():
-                            db_widgets += [widget(f) for f in DREAMBOOTH_FIELDS[start:start + 3]]
-                with gr.Row():
-                    steps = gr.Number(value=400, precision=0, label="max_steps", interactive=True)
-                    lr = gr.Number(value=1e-4, label="learning_rate", interactive=True)
-                    checkpointing = gr.Checkbox(value=True, label="gradient_checkpointing", interactive=True)
-                    optimizer = gr.Dropdown(choices=["adamw", "adamw_8bit"], value="adamw_8bit", label="optimizer",
-                                            interactive=True)
-                method = gr.Dropdown(choices=[(s.title, s.name) for s in list_methods() if s.name in UNET_METHODS],
-                                     value="lora", label="UNet method")
-
-                @gr.render(inputs=method)
-                def method_form(method_name: str) -> None:
-                    spec = next(s for s in list_methods() if s.name == method_name)
-                    fields = form_fields(spec.config_cls)
-                    with gr.Accordion(f"{spec.title} settings (UNet)", open=False):
-                        widgets = []
-                        for start in range(0, len(fields), 3):
-                            with gr.Row():
-                                widgets += [widget(f) for f in fields[start:start + 3]]
+    with gr.Tab("DreamBooth", elem_id="tab-dreambooth"), gr.Row():
+        with gr.Column(scale=5):
+            gr.Markdown("Teach Stable Diffusion a subject from 3-30 photos. A `name.txt` next to `name.png` "
+                        "(inside a ZIP) is that photo's own caption.")
+            images = gr.File(label="Instance images (or one ZIP)", file_count="multiple",
+                             file_types=["image", ".zip"], type="filepath", interactive=True)
+            thumbs = gr.Gallery(label="Your images", columns=6, height=140, show_label=True)
+            images.change(lambda files: [f for f in files or [] if not f.lower().endswith(".zip")], images,
+                          thumbs, api_name=False)
+            diffusion = [k for k, p in PRESETS.items() if not p.task_types and k.endswith("sd-random")]
+            model = gr.Dropdown(choices=diffusion, value=diffusion[0], allow_custom_value=True,
+                                label="Stable Diffusion model",
+                                info="tiny-sd-random works offline; e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
+            with gr.Accordion("Prompts, prior preservation, text encoder, samples", open=True):
+                db_widgets = []
+                for start in range(0, len(DREAMBOOTH_FIELDS), 3):
                     with gr.Row():
-                        check = gr.Button("Check images")
-                        start = gr.Button("Start training", variant="primary")
-                    report = gr.Markdown()
-                    n_method, n_db = len(widgets), len(db_widgets)
+                        db_widgets += [widget(f) for f in DREAMBOOTH_FIELDS[start:start + 3]]
+            with gr.Row():
+                steps = gr.Number(value=400, precision=0, label="max_steps", interactive=True)
+                lr = gr.Number(value=1e-4, label="learning_rate", interactive=True)
+                checkpointing = gr.Checkbox(value=True, label="gradient_checkpointing", interactive=True)
+                optimizer = gr.Dropdown(choices=["adamw", "adamw_8bit"], value="adamw_8bit", label="optimizer",
+                                        interactive=True)
+            method = gr.Dropdown(choices=[(s.title, s.name) for s in list_methods() if s.name in UNET_METHODS],
+                                 value="lora", label="UNet method")
 
-                    def gather(args):
-                        model_, method_, files, steps_, lr_, gc_, opt_, token = args[:8]
-                        rest = list(args[8:])
-                        owner = common.owner_of(token)
-                        data = save_uploads([f for f in files or []], owner)
-                        return owner, dreambooth_config(model_, method_, rest[:n_method], data,
-                                                        rest[n_method:n_method + n_db], steps_, lr_, gc_, opt_)
+            @gr.render(inputs=method)
+            def method_form(method_name: str) -> None:
+                spec = next(s for s in list_methods() if s.name == method_name)
+                fields = form_fields(spec.config_cls)
+                with gr.Accordion(f"{spec.title} settings (UNet)", open=False):
+                    widgets = []
+                    for start in range(0, len(fields), 3):
+                        with gr.Row():
+                            widgets += [widget(f) for f in fields[start:start + 3]]
+                with gr.Row():
+                    check = gr.Button("Check images")
+                    start = gr.Button("Start training", variant="primary")
+                report = gr.Markdown()
+                n_method, n_db = len(widgets), len(db_widgets)
 
-                    def do_check(*args):
-                        try:
-                            return check_run(gather(args)[1])
-                        except (ValueError, OSError) as exc:
-                            raise gr.Error(common.message(exc)) from None
+                def gather(args):
+                    model_, method_, files, steps_, lr_, gc_, opt_, token = args[:8]
+                    rest = list(args[8:])
+                    owner = common.owner_of(token)
+                    data = save_uploads([f for f in files or []], owner)
+                    return owner, dreambooth_config(model_, method_, rest[:n_method], data,
+                                                    rest[n_method:n_method + n_db], steps_, lr_, gc_, opt_)
 
-                    def do_start(*args):
-                        try:
-                            owner, config = gather(args)
-                            status = common.runner().start(config, owner)
-                        except (ValueError, OSError) as exc:
-                            raise gr.Error(common.message(exc)) from None
-                        where = (f"queued at position {status.queue_position}" if status.state == "queued"
-                                 else "started")
-                        return status.job_id, f"Run **{status.job_id}** {where}."
+                def do_check(*args):
+                    try:
+                        return check_run(gather(args)[1])
+                    except (ValueError, OSError) as exc:
+                        raise gr.Error(common.message(exc)) from None
 
-                    inputs = [model, method, images, steps, lr, checkpointing, optimizer, owner_state, *widgets,
-                              *db_widgets]
-                    check.click(do_check, inputs, report, api_name=False)  # API: /check_config
-                    start.click(do_start, inputs, [job_state, report], api_name=False)  # API: /start_run
-            with gr.Column(scale=6):
-                monitor.build(owner_state, job_state, "dreambooth", show_samples=True)
+                def do_start(*args):
+                    try:
+                        owner, config = gather(args)
+                        status = common.runner().start(config, owner)
+                    except (ValueError, OSError) as exc:
+                        raise gr.Error(common.message(exc)) from None
+                    where = (f"queued at position {status.queue_position}" if status.state == "queued"
+                             else "started")
+                    return status.job_id, f"Run **{status.job_id}** {where}."
+
+                inputs = [model, method, images, steps, lr, checkpointing, optimizer, owner_state, *widgets,
+                          *db_widgets]
+                check.click(do_check, inputs, report, api_name=False)  # API: /check_config
+                start.click(do_start, inputs, [job_state, report], api_name=False)  # API: /start_run
+        with gr.Column(scale=6):
+            monitor.build(owner_state, job_state, "dreambooth", show_samples=True)

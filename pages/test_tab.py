@@ -82,12 +82,11 @@ def build(owner_state: gr.State) -> None:
         with gr.Row():
             run = gr.Dropdown(label="One of your runs", choices=[], scale=4)
             refresh = gr.Button("Refresh", size="sm", scale=1)
-        with gr.Accordion("…or an adapter folder / Hub id", open=False):
-            with gr.Row():
-                typed = gr.Textbox(label="Adapter", placeholder="user/my-adapter")
-                base = gr.Textbox(label="Its base model")
-                task = gr.Dropdown(choices=["causal_lm", "seq2seq", "seq_cls", "token_cls", "image_cls", "dreambooth"],
-                                   value="causal_lm", label="Task")
+        with gr.Accordion("…or an adapter folder / Hub id", open=False), gr.Row():
+            typed = gr.Textbox(label="Adapter", placeholder="user/my-adapter")
+            base = gr.Textbox(label="Its base model")
+            task = gr.Dropdown(choices=["causal_lm", "seq2seq", "seq_cls", "token_cls", "image_cls", "dreambooth"],
+                               value="causal_lm", label="Task")
         with gr.Row():
             load_button = gr.Button("Load adapter", variant="primary")
             active = gr.Dropdown(label="Active adapter", choices=[], interactive=True)

@@ -167,79 +167,78 @@ def suggested_settings(model: str) -> dict[str, Any]:
 def build(title: str, tasks: list[str], default_model: str, owner_state: gr.State, data_types: list[str]) -> None:
     """One training tab for ``tasks`` (for scripts, the same runs start through the /start_run endpoint)."""
     job_state = gr.State(None)
-    with gr.Tab(title, elem_id=f"tab-{title.lower()}"):
-        with gr.Row():
-            with gr.Column(scale=5):
-                with gr.Row():
-                    model = gr.Dropdown(choices=presets_for(tasks), value=default_model, allow_custom_value=True,
-                                        label="Model", info="A preset that works offline, or a Hub id.")
-                    task = gr.Dropdown(choices=[(TASK_LABELS[t], t) for t in tasks], value=tasks[0], label="Task",
-                                       interactive=len(tasks) > 1)
-                method = gr.Dropdown(choices=methods_for_task(tasks[0]), value="lora", label="Method",
-                                     info="Only methods that fit the task are offered.")
-                task.change(lambda t: gr.Dropdown(choices=methods_for_task(t), value="lora"), task, method)
-                with gr.Row():
-                    upload = gr.File(label="Training data", file_types=data_types, type="filepath", interactive=True)
-                    with gr.Column():
-                        typed = gr.Textbox(label="…or a Hub dataset id", placeholder="owner/name", interactive=True)
-                        data_format = gr.Dropdown(choices=["auto", *TEXT_FORMATS], value="auto", label="Format",
-                                                  visible="image_cls" not in tasks, interactive=True)
-                with gr.Accordion("Hyperparameters", open=False):
-                    hyper = []
-                    for start in range(0, len(HYPER_FIELDS), 3):
-                        with gr.Row():
-                            hyper += [widget(f) for f in HYPER_FIELDS[start:start + 3]]
-                by_name = dict(zip([f.name for f in HYPER_FIELDS], hyper, strict=True))
-                tuned = ["batch_size", "gradient_accumulation_steps", "learning_rate", "gradient_checkpointing",
-                         "quantization"]
-
-                def on_model(name):
-                    suggested = suggested_settings(name)
-                    return [gr.update(value=suggested[k]) if k in suggested else gr.skip() for k in tuned]
-
-                model.change(on_model, model, [by_name[k] for k in tuned], api_name=False)
-
-                @gr.render(inputs=method)
-                def method_form(method_name: str) -> None:
-                    spec = next(s for s in list_methods() if s.name == method_name)
-                    fields = form_fields(spec.config_cls)
-                    with gr.Accordion(f"{spec.title} settings", open=False):
-                        widgets = []
-                        for start in range(0, len(fields), 3):
-                            with gr.Row():
-                                widgets += [widget(f) for f in fields[start:start + 3]]
+    with gr.Tab(title, elem_id=f"tab-{title.lower()}"), gr.Row():
+        with gr.Column(scale=5):
+            with gr.Row():
+                model = gr.Dropdown(choices=presets_for(tasks), value=default_model, allow_custom_value=True,
+                                    label="Model", info="A preset that works offline, or a Hub id.")
+                task = gr.Dropdown(choices=[(TASK_LABELS[t], t) for t in tasks], value=tasks[0], label="Task",
+                                   interactive=len(tasks) > 1)
+            method = gr.Dropdown(choices=methods_for_task(tasks[0]), value="lora", label="Method",
+                                 info="Only methods that fit the task are offered.")
+            task.change(lambda t: gr.Dropdown(choices=methods_for_task(t), value="lora"), task, method)
+            with gr.Row():
+                upload = gr.File(label="Training data", file_types=data_types, type="filepath", interactive=True)
+                with gr.Column():
+                    typed = gr.Textbox(label="…or a Hub dataset id", placeholder="owner/name", interactive=True)
+                    data_format = gr.Dropdown(choices=["auto", *TEXT_FORMATS], value="auto", label="Format",
+                                              visible="image_cls" not in tasks, interactive=True)
+            with gr.Accordion("Hyperparameters", open=False):
+                hyper = []
+                for start in range(0, len(HYPER_FIELDS), 3):
                     with gr.Row():
-                        check = gr.Button("Check data and memory")
-                        start = gr.Button("Start training", variant="primary")
-                    report = gr.Markdown()
-                    n_method = len(widgets)
+                        hyper += [widget(f) for f in HYPER_FIELDS[start:start + 3]]
+            by_name = dict(zip([f.name for f in HYPER_FIELDS], hyper, strict=True))
+            tuned = ["batch_size", "gradient_accumulation_steps", "learning_rate", "gradient_checkpointing",
+                     "quantization"]
 
-                    def gather(args):
-                        task_, model_, method_, upload_, typed_, format_, token = args[:7]
-                        values = list(args[7:])
-                        owner = common.owner_of(token)
-                        data = data_source(upload_, typed_, owner)
-                        return owner, config_from_form(task_, model_, method_, values[:n_method], data, format_,
-                                                       values[n_method:])
+            def on_model(name):
+                suggested = suggested_settings(name)
+                return [gr.update(value=suggested[k]) if k in suggested else gr.skip() for k in tuned]
 
-                    def do_check(*args):
-                        try:
-                            return check_run(gather(args)[1])
-                        except (ValueError, OSError) as exc:
-                            raise gr.Error(common.message(exc)) from None
+            model.change(on_model, model, [by_name[k] for k in tuned], api_name=False)
 
-                    def do_start(*args):
-                        try:
-                            owner, config = gather(args)
-                            status = common.runner().start(config, owner)
-                        except (ValueError, OSError) as exc:
-                            raise gr.Error(common.message(exc)) from None
-                        where = (f"queued at position {status.queue_position}" if status.state == "queued"
-                                 else "started")
-                        return status.job_id, f"Run **{status.job_id}** {where}."
+            @gr.render(inputs=method)
+            def method_form(method_name: str) -> None:
+                spec = next(s for s in list_methods() if s.name == method_name)
+                fields = form_fields(spec.config_cls)
+                with gr.Accordion(f"{spec.title} settings", open=False):
+                    widgets = []
+                    for start in range(0, len(fields), 3):
+                        with gr.Row():
+                            widgets += [widget(f) for f in fields[start:start + 3]]
+                with gr.Row():
+                    check = gr.Button("Check data and memory")
+                    start = gr.Button("Start training", variant="primary")
+                report = gr.Markdown()
+                n_method = len(widgets)
 
-                    inputs = [task, model, method, upload, typed, data_format, owner_state, *widgets, *hyper]
-                    check.click(do_check, inputs, report, api_name=False)  # API: /check_config
-                    start.click(do_start, inputs, [job_state, report], api_name=False)  # API: /start_run
-            with gr.Column(scale=6):
-                monitor.build(owner_state, job_state, title.lower())
+                def gather(args):
+                    task_, model_, method_, upload_, typed_, format_, token = args[:7]
+                    values = list(args[7:])
+                    owner = common.owner_of(token)
+                    data = data_source(upload_, typed_, owner)
+                    return owner, config_from_form(task_, model_, method_, values[:n_method], data, format_,
+                                                   values[n_method:])
+
+                def do_check(*args):
+                    try:
+                        return check_run(gather(args)[1])
+                    except (ValueError, OSError) as exc:
+                        raise gr.Error(common.message(exc)) from None
+
+                def do_start(*args):
+                    try:
+                        owner, config = gather(args)
+                        status = common.runner().start(config, owner)
+                    except (ValueError, OSError) as exc:
+                        raise gr.Error(common.message(exc)) from None
+                    where = (f"queued at position {status.queue_position}" if status.state == "queued"
+                             else "started")
+                    return status.job_id, f"Run **{status.job_id}** {where}."
+
+                inputs = [task, model, method, upload, typed, data_format, owner_state, *widgets, *hyper]
+                check.click(do_check, inputs, report, api_name=False)  # API: /check_config
+                start.click(do_start, inputs, [job_state, report], api_name=False)  # API: /start_run
+        with gr.Column(scale=6):
+            monitor.build(owner_state, job_state, title.lower())

@@ -19,7 +19,6 @@ import copy
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -28,10 +27,21 @@ from typing import Any
 
 import torch
 
-from peft_core.config import CONFIG_NAME, PeftConfig, config_field
+from peft_core.adapter_sources import (
+    adapter_name,
+    base_labels,
+    check_base_model,
+    check_task,
+    diffusion_folders,
+    find_labels,
+    open_image,
+    read_config,
+    run_config_file,
+    same_base,  # noqa: F401 (it was defined here; still importable from here)
+)
+from peft_core.config import PeftConfig, config_field
 from peft_core.peft_model import PeftModel
 from peft_core.run_config import TASK_TYPES, ModelSettings, RunConfig
-from peft_core.serialization import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
 from peft_core.training.precision import pick_device, pick_precision
 
 logger = logging.getLogger(__name__)
@@ -130,11 +140,7 @@ class AdapterTester:
     def for_run(cls, run_dir: str | os.PathLike, device: str | torch.device | None = None) -> AdapterTester:
         """A tester on the run's base model and task, with the run's adapter loaded (a checkpoint folder works too)."""
         folder = Path(run_dir).expanduser()
-        config_file = next((f / "config.yaml" for f in (folder, folder.parent) if (f / "config.yaml").is_file()), None)
-        if config_file is None:
-            raise ValueError(f"{folder} has no config.yaml, so it is not a run folder; for a bare adapter folder "
-                             f"use AdapterTester(base, task).load_adapter({str(folder)!r})")
-        config = RunConfig.from_yaml(config_file)
+        config = RunConfig.from_yaml(run_config_file(folder))
         tester = cls(config.model.name_or_path, config.task, device=device)
         tester.load_adapter(folder)
         return tester
@@ -171,16 +177,16 @@ class AdapterTester:
             return self._load(source, name, check_base)
 
     def _load(self, source: str, name: str | None, check_base: bool) -> str:
-        name = self._new_name(name, source)
+        name = adapter_name(source, name, self._adapters)
         notes: list[str] = []
         if self.task == "dreambooth":
             self._attach_diffusion(source, name, check_base, notes)
             labels = None
         else:
-            config = _read_config(source)
-            self._check_task(config, source, notes)
-            _check_base(self.base, config.base_model_name_or_path, source, check_base, notes)
-            labels = self._labels_for(source, config, notes) if self.task in CLASSIFIERS else None
+            config = read_config(source)
+            check_task(self.task, config, source, notes)
+            check_base_model(self.base, config.base_model_name_or_path, source, check_base, notes)
+            labels = find_labels(source, config, notes) if self.task in CLASSIFIERS else None
             self._attach(source, name, labels, config)
         self._adapters[name] = _Adapter(labels, list(dict.fromkeys(notes)))
         self.set_adapter(name)
@@ -197,56 +203,6 @@ class AdapterTester:
             else:
                 self._model.set_adapter(name)
             self._active = name
-
-    def _new_name(self, name: str | None, source: str) -> str:
-        if name is not None:
-            if not re.fullmatch(r"[\w-]+", name):
-                raise ValueError(f"adapter name {name!r} may hold only letters, digits, '_' and '-'")
-            if name in self._adapters:
-                raise ValueError(f"an adapter named {name!r} is already loaded; choose another name")
-            return name
-        path = Path(source.rstrip("/\\"))
-        stem = f"{path.parent.name}-{path.name}" if path.name.startswith("checkpoint-") else path.name
-        stem = re.sub(r"[^\w-]+", "_", stem).strip("_") or "adapter"
-        candidate, number = stem, 2
-        while candidate in self._adapters:
-            candidate, number = f"{stem}-{number}", number + 1
-        return candidate
-
-    def _check_task(self, config: PeftConfig, source: str, notes: list[str]) -> None:
-        expected = TASK_TYPES[self.task]
-        found = config.task_type
-        if found is None:
-            if self.task != "image_cls":  # image adapters are saved without one, as the PEFT library does
-                notes.append(f"the adapter's config names no task; it is tested as {self.task}")
-            return
-        if found is not expected:
-            other = next((k for k, v in TASK_TYPES.items() if v is found), found.value)
-            raise ValueError(f"{source} is a {found.value} adapter, but this tester is for {self.task} "
-                             f"({expected.value}); open a tester for task {other}")
-
-    def _labels_for(self, source: str, config: PeftConfig, notes: list[str]) -> list[str] | None:
-        """The classifier's label names: labels.json of the run, else the head's size as LABEL_i."""
-        from peft_core.hub import resolve_adapter_file
-        from peft_core.training.checkpoint import checkpoint_step
-        from peft_core.training.run import LABELS_FILE, read_labels
-
-        labels = None
-        path = Path(source).expanduser()
-        if path.is_dir():  # a run, or a checkpoint inside one
-            folders = [path, path.parent] if checkpoint_step(path) is not None else [path]
-            labels = next((found for f in folders if (found := read_labels(f))), None)
-        else:  # a Hub repo may carry the run's labels.json
-            with contextlib.suppress(FileNotFoundError):
-                labels = read_labels(Path(resolve_adapter_file(source, LABELS_FILE)).parent)
-        if labels is not None:
-            return labels
-        size = _head_size(source, config)
-        if size is None:  # the head was not trained: the base model's own head and labels answer
-            notes.append("the adapter does not train the classification head; labels are the base model's")
-            return None
-        notes.append(f"no labels.json with the adapter, so its {size} classes are shown as LABEL_0..LABEL_{size - 1}")
-        return [f"LABEL_{i}" for i in range(size)]
 
     def _attach(self, source: str, name: str, labels: list[str] | None, config: PeftConfig) -> None:
         """Put adapter ``name`` on the base model, loading the base with the first adapter."""
@@ -273,12 +229,7 @@ class AdapterTester:
 
     def _attach_diffusion(self, source: str, name: str, check_base: bool, notes: list[str]) -> None:
         """Put a DreamBooth adapter (``unet/``, maybe ``text_encoder/``) on the pipeline's own modules."""
-        from peft_core.inference import _adapter_folders
-
-        folders = _adapter_folders(_local_folder(source))
-        for folder in folders.values():
-            _check_base(self.base, _read_config(str(folder)).base_model_name_or_path, source, check_base, notes)
-        for part, folder in folders.items():
+        for part, folder in diffusion_folders(source, self.base, check_base, notes).items():
             try:
                 if part in self._parts:
                     self._parts[part].load_adapter(str(folder), name)
@@ -310,7 +261,7 @@ class AdapterTester:
 
     def _load_base(self, labels: list[str] | None) -> torch.nn.Module:
         if self.task in CLASSIFIERS:
-            self._task.labels = labels if labels is not None else _base_labels(self.base)
+            self._task.labels = labels if labels is not None else base_labels(self.base)
         with seeded(HEAD_SEED, self.device):
             return self._task.load_model(self.precision, self.device).eval()
 
@@ -325,10 +276,10 @@ class AdapterTester:
         if self._active is None:
             raise ValueError("no adapter loaded; load a run folder, an adapter folder or a Hub id first")
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be a whole number; got {seed!r}")
+            raise ValueError(f"seed must be a whole number; got {seed!r}")  # noqa: TRY004 (a message for the user)
         settings = CompareOptions.parse(options)
         if self.task == "image_cls":
-            inputs = _open_image(inputs)
+            inputs = open_image(inputs)
         elif not isinstance(inputs, str) or not inputs.strip():
             raise ValueError("the input is empty; type a prompt or text to compare")
         answer: Callable[[Any, int, CompareOptions], Any] = getattr(self, f"_answer_{self.task}")
@@ -444,113 +395,3 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _read_config(source: str) -> PeftConfig:
-    """The adapter's config, after checking that a local folder really holds an adapter."""
-    from peft_core.hub import looks_like_local_path
-
-    if looks_like_local_path(source):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise ValueError(f"{source} does not exist; give a run folder, an adapter folder or a Hub id")
-        if not path.is_dir():
-            raise ValueError(f"{source} is a file; give the folder that holds {CONFIG_NAME}")
-        if not (path / CONFIG_NAME).is_file():
-            raise ValueError(_no_adapter_message(path))
-        if not (path / WEIGHTS_NAME).is_file() and not (path / PICKLE_WEIGHTS_NAME).is_file():
-            raise ValueError(f"{source} has {CONFIG_NAME} but no {WEIGHTS_NAME}: the adapter is incomplete "
-                             f"(a run still saving, or a folder copied in part); copy the whole folder")
-    try:
-        return PeftConfig.from_pretrained(source)
-    except FileNotFoundError as exc:
-        raise ValueError(f"cannot load adapter {source}: {exc}") from None
-
-
-def _local_folder(source: str) -> Path:
-    """A local folder as is; a Hub id downloaded (the DreamBooth parts only)."""
-    from peft_core.hub import looks_like_local_path
-
-    if looks_like_local_path(source):
-        return Path(source).expanduser()
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(source, allow_patterns=["unet/*", "text_encoder/*", "adapter_*"]))
-    except Exception as exc:  # offline, unknown repo, gated...
-        raise ValueError(f"{source!r} is not a local folder and could not be fetched from the Hub "
-                         f"({type(exc).__name__}); check the id, or download it and give the folder") from None
-
-
-def _no_adapter_message(path: Path) -> str:
-    if (path / "unet" / CONFIG_NAME).is_file():
-        return f"{path} holds a DreamBooth adapter (unet/); test it with task dreambooth"
-    if (path / "config.yaml").is_file():
-        checkpoints = sorted(p.name for p in path.glob("checkpoint-*") if (p / CONFIG_NAME).is_file())
-        hint = f"load one of its checkpoints: {', '.join(checkpoints)}" if checkpoints else "it has no checkpoint either"
-        return (f"run folder {path} has no adapter yet (is it still training, or did it fail? see its "
-                f"events.jsonl); {hint}")
-    present = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
-    return f"{path} holds no adapter: expected {CONFIG_NAME} and {WEIGHTS_NAME} (it holds: {present})"
-
-
-def same_base(ours: str, recorded: str) -> bool:
-    """Do two model names (preset key, Hub id or folder) name the same base model?"""
-    from peft_core.presets import base_model_id
-
-    if base_model_id(ours).lower() == base_model_id(recorded).lower():
-        return True
-    a, b = Path(ours).expanduser(), Path(recorded).expanduser()
-    return a.exists() and b.exists() and a.resolve() == b.resolve()
-
-
-def _check_base(ours: str, recorded: str | None, source: str, check: bool, notes: list[str]) -> None:
-    if not recorded:
-        notes.append(f"the adapter does not record its base model; assuming it fits {ours}")
-    elif not same_base(ours, recorded):
-        if check:
-            raise ValueError(f"{source} was trained on base model {recorded!r}, but this tester's base is "
-                             f"{ours!r}; open a tester on {recorded!r} (or load with check_base=False if "
-                             f"both names are the same model)")
-        notes.append(f"the adapter was trained on {recorded!r}, loaded on {ours!r} as asked")
-
-
-def _head_size(source: str, config: PeftConfig) -> int | None:
-    """How many classes the adapter's trained head has, read from the weights file's tensor shapes."""
-    from safetensors import safe_open
-
-    from peft_core.hub import resolve_adapter_file
-    from peft_core.serialization import PREFIX
-
-    heads = list(getattr(config, "modules_to_save", None) or [])
-    sizes = []
-    with safe_open(resolve_adapter_file(source, WEIGHTS_NAME), framework="pt") as weights:
-        for key in weights.keys():  # noqa: SIM118 (safe_open has no iterator)
-            module = "." + key.removeprefix(PREFIX).rsplit(".", 1)[0] + "."
-            shape = weights.get_slice(key).get_shape()
-            if key.endswith(".weight") and len(shape) == 2 and any(f".{h}." in module for h in heads):
-                sizes.append(shape[0])
-    return min(sizes) if sizes else None  # a two-layer head (dense + out_proj): the smaller is the output
-
-
-def _base_labels(base: str) -> list[str]:
-    from transformers import AutoConfig
-
-    from peft_core.presets import resolve_model
-
-    id2label = AutoConfig.from_pretrained(resolve_model(base)).id2label
-    return [id2label[i] for i in range(len(id2label))]
-
-
-def _open_image(image: Any) -> Any:
-    from PIL import Image, ImageOps
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if not isinstance(image, (str, os.PathLike)) or not os.path.isfile(image):
-        raise ValueError(f"give an image, or the path of an image file; got {image!r}")
-    try:
-        with Image.open(image) as opened:
-            return ImageOps.exif_transpose(opened).convert("RGB")
-    except OSError as exc:
-        raise ValueError(f"{image} is not an image this app can read ({exc})") from None

@@ -31,7 +31,7 @@ class DiffusionInference:
         self.adapters: dict[str, PeftModel] = {}
         self.merged = False
         if adapter is not None:
-            for name, folder in _adapter_folders(Path(adapter)).items():
+            for name, folder in adapter_folders(Path(adapter)).items():
                 module = getattr(self.components, name)
                 # the layers are injected into the pipeline's own module; keep the wrapper for merging
                 self.adapters[name] = PeftModel.from_pretrained(module, folder).to(self.device, dtype)
@@ -55,7 +55,7 @@ class DiffusionInference:
         self.merged = True
 
 
-def _adapter_folders(path: Path) -> dict[str, Path]:
+def adapter_folders(path: Path) -> dict[str, Path]:
     """unet/ and text_encoder/ of a DreamBooth output, or the folder itself as a UNet adapter."""
     if not path.is_dir():
         raise ValueError(f"{path} is not a folder; give the run folder (or a checkpoint) of a DreamBooth run")

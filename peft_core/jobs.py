@@ -2,7 +2,7 @@
 
 The UI never trains in its own process: a crash or an out-of-memory kill must
 not take the app down, and GPU memory must be freed when a run ends. A job is
-``python -m peft_core.jobs <run dir>``: a fresh interpreter (unlike
+``python -m peft_core.job_process <run dir>``: a fresh interpreter (unlike
 multiprocessing's "spawn", it does not re-import the app's main module) in its
 own session, so a Ctrl-C in the app's terminal does not kill it mid-step.
 Everything is on disk, so a reloaded page or a restarted app sees the same runs::
@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import json
 import logging
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -42,9 +40,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peft_core.job_process import (
+    Progress,
+    alive,
+    new_run_dir,
+    read_json,
+    read_progress,
+    signal_name,
+    start_time,
+    write_json,
+)
 from peft_core.run_config import RunConfig
 from peft_core.training.checkpoint import latest_checkpoint
-from peft_core.training.events import DoneEvent, Event, EventLog, LogEvent, StepEvent, event_from_json, read_events
+from peft_core.training.events import DoneEvent, Event, EventLog, LogEvent, read_events
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +64,6 @@ STOP_FILE = "STOP"  # as in training.trainer
 POLL_S = 0.5  # how often the watcher thread reaps ended children and starts queued jobs
 FINAL_STATES = ("ok", "stopped", "failed")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_HAS_PROC = os.path.exists("/proc/self/stat")
 
 
 @dataclass
@@ -78,19 +85,6 @@ class JobStatus:
     model: str = ""
 
 
-@dataclass
-class _Progress:
-    """What has been read of one events.jsonl, so each poll reads only the new lines."""
-
-    offset: int = 0  # bytes read (complete lines only)
-    lines: int = 0  # complete lines read, counted as read_events counts them
-    step: int = 0
-    total: int | None = None
-    loss: float | None = None
-    done: DoneEvent | None = None
-    done_line: int = -1  # 0-based line of the last DoneEvent
-
-
 class JobRunner:
     """Starts, queues, polls, stops and resumes training jobs under ``runs_root``, one owner folder per user.
 
@@ -109,7 +103,7 @@ class JobRunner:
         self._lock = threading.RLock()
         self._queue: list[str] = []  # run dirs waiting, in order
         self._procs: dict[str, subprocess.Popen] = {}  # run dir -> our child
-        self._progress: dict[str, _Progress] = {}
+        self._progress: dict[str, Progress] = {}
         self._closed = False
         self._closing = threading.Event()
         self._foreign = self._find_foreign_running()
@@ -123,15 +117,15 @@ class JobRunner:
         self._check_open()
         folder = self.root / self._owner_folder(owner)
         config = RunConfig.from_dict(config.to_dict())  # our own copy, validated
-        job_id, run_dir = _new_run_dir(folder, config, name)
+        job_id, run_dir = new_run_dir(folder, config, name)
         # The runner decides where a run writes; resume_from could name another user's checkpoint.
         config.training.output_dir, config.training.resume_from = str(run_dir), None
         config.save_yaml(run_dir / CONFIG_FILE)
-        _write_json(run_dir / JOB_FILE, {
+        write_json(run_dir / JOB_FILE, {
             # the owner folder, not the owner: in a shared app that is the browser's token, a secret
             "job_id": job_id, "owner": folder.name, "created": time.time(), "task": config.task,
             "model": config.model.name_or_path, "pid": None, "started": None, "events_from": 0,
-            "runner_pid": os.getpid(), "runner_started": _start_time(os.getpid()),
+            "runner_pid": os.getpid(), "runner_started": start_time(os.getpid()),
         })
         with self._lock:
             self._queue.append(str(run_dir))
@@ -190,10 +184,10 @@ class JobRunner:
             config = RunConfig.from_yaml(run_dir / CONFIG_FILE).with_overrides(["training.resume_from=latest"])
             config.training.output_dir = str(run_dir)
             config.save_yaml(run_dir / CONFIG_FILE)
-            meta = _read_json(run_dir / JOB_FILE)
+            meta = read_json(run_dir / JOB_FILE)
             meta.update(pid=None, started=None, events_from=self._read_progress(run_dir).lines,
-                        runner_pid=os.getpid(), runner_started=_start_time(os.getpid()))
-            _write_json(run_dir / JOB_FILE, meta)
+                        runner_pid=os.getpid(), runner_started=start_time(os.getpid()))
+            write_json(run_dir / JOB_FILE, meta)
             self._queue.append(str(run_dir))
             self._advance()
             return self._status(run_dir, owner)
@@ -263,7 +257,7 @@ class JobRunner:
 
     # -- state ------------------------------------------------------------------------------
     def _status(self, run_dir: Path, owner: str) -> JobStatus:
-        meta = _read_json(run_dir / JOB_FILE)
+        meta = read_json(run_dir / JOB_FILE)
         state, position = self._state(run_dir, meta)
         progress = self._read_progress(run_dir)
         done = progress.done if state in FINAL_STATES else None
@@ -285,11 +279,11 @@ class JobRunner:
         if done is not None:
             return done.status, None
         if meta.get("pid") is None:  # queued by a runner that is not this one
-            if _alive(meta.get("runner_pid"), meta.get("runner_started")):
+            if alive(meta.get("runner_pid"), meta.get("runner_started")):
                 return "queued", None
             self._never_started(run_dir, "the app closed before this run started; start it again")
             return "stopped", None
-        if _alive(meta["pid"], meta.get("started")):
+        if alive(meta["pid"], meta.get("started")):
             return "running", None
         return self._reap(run_dir, None), None
 
@@ -298,38 +292,19 @@ class JobRunner:
         progress = self._read_progress(run_dir)
         return progress.done if progress.done_line >= int(meta.get("events_from") or 0) else None
 
-    def _read_progress(self, run_dir: Path) -> _Progress:
-        progress = self._progress.setdefault(str(run_dir), _Progress())
-        try:
-            with open(run_dir / EVENTS_FILE, "rb") as handle:
-                handle.seek(progress.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return progress
-        end = data.rfind(b"\n") + 1  # a last line without its newline is still being written
-        for raw in data[:end].split(b"\n")[:-1]:
-            progress.lines += 1
-            try:
-                event = event_from_json(raw.decode("utf-8")) if raw.strip() else None
-            except (ValueError, UnicodeDecodeError):
-                continue  # read_events warns about it
-            if isinstance(event, StepEvent):
-                progress.step, progress.total, progress.loss = event.step, event.total, event.loss
-            elif isinstance(event, DoneEvent):
-                progress.done, progress.done_line = event, progress.lines - 1
-        progress.offset += end
-        return progress
+    def _read_progress(self, run_dir: Path) -> Progress:
+        return read_progress(self._progress.setdefault(str(run_dir), Progress()), run_dir / EVENTS_FILE)
 
     def _reap(self, run_dir: Path, exit_code: int | None) -> str:
         """A process that ended: its own DoneEvent, or a "failed" one written for it now so the folder says so."""
         self._procs.pop(str(run_dir), None)
-        meta = _read_json(run_dir / JOB_FILE)
+        meta = read_json(run_dir / JOB_FILE)
         done = self._done(run_dir, meta)
         if done is not None:
             return done.status
         how = f"exit code {exit_code}" if exit_code is not None else "it is no longer running and wrote no result"
         if exit_code is not None and exit_code < 0:
-            how += f", killed by {_signal_name(-exit_code)}"
+            how += f", killed by {signal_name(-exit_code)}"
         advice = []
         if exit_code in (None, -signal.SIGKILL):
             advice.append("a process killed by the system has often run out of memory: lower batch_size or "
@@ -354,10 +329,10 @@ class JobRunner:
         for key, proc in list(self._procs.items()):
             if proc.poll() is not None:
                 self._reap(Path(key), proc.returncode)
-        self._foreign = {k: v for k, v in self._foreign.items() if _alive(*v)}
+        self._foreign = {k: v for k, v in self._foreign.items() if alive(*v)}
         while self._queue and not self._closed and len(self._procs) + len(self._foreign) < self.max_running:
             run_dir = Path(self._queue.pop(0))
-            if self._done(run_dir, _read_json(run_dir / JOB_FILE)) is None:  # not stopped by another runner
+            if self._done(run_dir, read_json(run_dir / JOB_FILE)) is None:  # not stopped by another runner
                 self._launch(run_dir)
 
     def _launch(self, run_dir: Path) -> None:
@@ -369,7 +344,7 @@ class JobRunner:
             with open(run_dir / LOG_FILE, "ab") as log:
                 log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting the training process ===\n".encode())
                 log.flush()
-                proc = subprocess.Popen([sys.executable, "-m", "peft_core.jobs", str(run_dir)], stdin=subprocess.DEVNULL,
+                proc = subprocess.Popen([sys.executable, "-m", "peft_core.job_process", str(run_dir)], stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         except OSError as exc:
             with EventLog(run_dir / EVENTS_FILE) as events:
@@ -377,16 +352,16 @@ class JobRunner:
                                         error=f"could not start the training process: {exc}"))
             return
         self._procs[str(run_dir)] = proc
-        meta = _read_json(run_dir / JOB_FILE)
-        meta.update(pid=proc.pid, started=_start_time(proc.pid))
-        _write_json(run_dir / JOB_FILE, meta)
+        meta = read_json(run_dir / JOB_FILE)
+        meta.update(pid=proc.pid, started=start_time(proc.pid))
+        write_json(run_dir / JOB_FILE, meta)
 
     def _find_foreign_running(self) -> dict[str, tuple[int, int | None]]:
         """Runs of earlier app sessions still training: they hold the device, so they count against max_running."""
         found = {}
         for job in self.root.glob(f"*/*/{JOB_FILE}"):
-            meta = _read_json(job)
-            if _alive(meta.get("pid"), meta.get("started")) and self._done(job.parent, meta) is None:
+            meta = read_json(job)
+            if alive(meta.get("pid"), meta.get("started")) and self._done(job.parent, meta) is None:
                 found[str(job.parent)] = (meta["pid"], meta.get("started"))
         return found
 
@@ -409,117 +384,3 @@ def _shutdown_at_exit(ref: weakref.ref) -> None:
     runner = ref()
     if runner is not None:
         runner.shutdown()
-
-
-# -- files and processes ---------------------------------------------------------------------------
-def _slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")[:limit].strip("-.") or "run"
-
-
-def _new_run_dir(folder: Path, config: RunConfig, name: str | None) -> tuple[str, Path]:
-    """A new, readable, never-used folder: ``20261123-141502-causal_lm-smollm2-135m-instruct`` (+ a suffix if taken)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    model = config.model.name_or_path.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-    base = f"{stamp}-{_slug(name)}" if name else f"{stamp}-{config.task}-{_slug(model)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    job_id = base
-    for _ in range(100):
-        try:
-            (folder / job_id).mkdir()  # atomic: two starts in the same second never share a folder
-            return job_id, folder / job_id
-        except FileExistsError:
-            job_id = f"{base}-{secrets.token_hex(2)}"
-    raise RuntimeError(f"could not find a free run folder in {folder}")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks since boot) of a process, from /proc; None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        fields = text[text.rfind(")") + 2:].split()
-        return fields[0], int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _start_time(pid: int) -> int | None:
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
-
-
-def _alive(pid: Any, started: Any = None) -> bool:
-    """Whether ``pid`` is still the process we started (not a zombie, not a reuse of its number)."""
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return False
-    if not _HAS_PROC:  # macOS: the pid alone
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X") and started in (None, stat[1])
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-# -- the child ----------------------------------------------------------------------------------
-def _child_main(run_dir: str) -> int:
-    """The training process: train the run in ``run_dir`` (its config.yaml); stdout and stderr are log.txt."""
-    import faulthandler
-
-    faulthandler.enable()  # a segfault leaves its traceback in log.txt
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    asked = threading.Event()
-
-    def ask_stop(signum: int, frame: Any) -> None:  # SIGTERM (or SIGINT): stop after the step, adapter saved
-        logger.info("%s received: stopping after the current step", _signal_name(signum))
-        asked.set()
-
-    signal.signal(signal.SIGTERM, ask_stop)
-    signal.signal(signal.SIGINT, ask_stop)
-    try:
-        from peft_core.training.run import train
-
-        done = train(RunConfig.from_yaml(Path(run_dir) / CONFIG_FILE), stop=asked.is_set)
-    except Exception as exc:  # before train() had its event log (e.g. a bad config.yaml)
-        logger.exception("the run could not start")
-        error = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
-        done = DoneEvent(status="failed", output_dir=run_dir, error=error)
-        with EventLog(Path(run_dir) / EVENTS_FILE) as log:
-            log.append(done)
-    logger.info("run %s: %s%s", run_dir, done.status, f" ({done.error})" if done.error else "")
-    return 1 if done.status == "failed" else 0
-
-
-if __name__ == "__main__":
-    code = _child_main(sys.argv[1])
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Everything is on disk (events are fsynced, checkpoints renamed into place); skip the interpreter's
-    # teardown of torch and friends, which takes seconds that the next queued run would wait for.
-    os._exit(code)

@@ -3,7 +3,7 @@
 Everything starts from a run directory written by ``training.run.train``.
 Only the final adapter travels (never checkpoints, the data copies under
 ``data/``, or the event log), next to ``training_config.yaml`` and a README
-card made from the run's own config and events (``hub.run_model_card``).
+card made from the run's own config and events (``peft_core.model_card``).
 
 The Hub token is handed to ``huggingface_hub`` and nowhere else: it is never
 written to a file, logged, put in a card, or quoted in an error message.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import os
 import re
@@ -24,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peft_core import hub
+from peft_core.model_card import DIFFUSERS_LORA_FILE, card_for_record
 from peft_core.run_config import RunConfig
 from peft_core.training.events import DoneEvent, EvalEvent, LogEvent, SampleEvent, StepEvent, read_events
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 DREAMBOOTH_PARTS = ("unet", "text_encoder")
 LABELS_FILE = "labels.json"
 CLASSIFICATION_TASKS = ("seq_cls", "token_cls", "image_cls")
@@ -129,7 +128,7 @@ def check_repo_id(repo_id: str) -> str:
     return text
 
 
-# -- model card ---------------------------------------------------------------------------
+# -- model card (written by peft_core.model_card) -------------------------------------------
 
 
 def model_card_for_run(run_dir: str | os.PathLike, repo_id: str | None) -> tuple[str, dict[str, bytes]]:
@@ -137,97 +136,7 @@ def model_card_for_run(run_dir: str | os.PathLike, repo_id: str | None) -> tuple
 
     ``repo_id`` None: a card for a downloaded folder (the snippets load from a local path).
     """
-    from peft_core.presets import base_model_id
-    from peft_core.registry import get_method
-    from peft_core.tasks import task_classes
-    from peft_core.training.run import read_labels
-
-    record = read_run(run_dir)
-    config, last_eval = record.config, record.evals[-1] if record.evals else None
-    extra, images = _sample_files(record)
-    eval_losses = {e.step: e.metrics["eval_loss"] for e in record.evals if "eval_loss" in e.metrics}
-    if record.losses:
-        extra["loss.png"] = hub.loss_curve_png(record.losses, eval_losses)
-    facts = hub.RunFacts(
-        repo_id=repo_id, task=config.task, auto_class=task_classes()[config.task].auto_class,
-        base_model=base_model_id(config.model.name_or_path), method=dict(config.method),
-        method_title=get_method(config.method["name"]).title, adapter_settings=_adapter_settings(record),
-        data=_data_summary(record), training=_training_summary(record),
-        final_metrics=dict(last_eval.metrics) if last_eval else {},
-        final_metrics_step=last_eval.step if last_eval else None, has_loss_plot="loss.png" in extra,
-        sample_images=images,
-        sample_texts=list(record.samples.texts or []) if record.samples and not record.samples.images else [],
-        labels=read_labels(record.run_dir),
-        instance_prompt=config.dreambooth.instance_prompt if config.task == "dreambooth" else None,
-        diffusers_lora=(record.run_dir / DIFFUSERS_LORA_FILE).is_file(),
-    )
-    return hub.run_model_card(facts), extra
-
-
-def _sample_files(record: RunRecord) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
-    """The last sample images inside the run folder: {path: bytes}, and [(path, prompt)] for the card."""
-    files, shown = {}, []
-    if record.samples and record.samples.images:
-        prompts = record.samples.texts or []
-        for index, rel in enumerate(record.samples.images):
-            path = Path(rel)
-            if not path.is_absolute() and ".." not in path.parts and (record.run_dir / path).is_file():
-                files[path.as_posix()] = (record.run_dir / path).read_bytes()
-                shown.append((path.as_posix(), prompts[index] if index < len(prompts) else ""))
-    return files, shown
-
-
-def _adapter_settings(record: RunRecord) -> dict:
-    """What the saved adapter config adds to the run's method settings (the target modules it picked)."""
-    main = record.run_dir / ("unet" if record.config.task == "dreambooth" else "") / ADAPTER_FILES[0]
-    if not main.is_file():
-        return {}
-    saved = json.loads(main.read_text(encoding="utf-8"))
-    return {k: saved[k] for k in ("peft_type", "target_modules", "modules_to_save") if saved.get(k)}
-
-
-def _data_summary(record: RunRecord) -> dict:
-    data, task = record.config.data, record.config.task
-    if task == "dreambooth":
-        settings = record.config.dreambooth
-        return {k: v for k, v in {
-            "instance images": Path(data.train).name, "images used": record.rows_used,
-            "instance prompt": settings.instance_prompt,
-            "prior preservation": f"{settings.num_class_images} images of {settings.class_prompt!r}"
-            if settings.with_prior_preservation else "off",
-            "resolution": settings.resolution,
-            "text encoder LoRA": f"r={settings.text_encoder_r}" if settings.train_text_encoder else "not trained",
-        }.items() if v is not None}
-    summary = {"training data": Path(data.train).name or data.train,
-               "format": "auto-detected" if data.format == "auto" else data.format,
-               "examples used": record.rows_used,
-               "evaluation data": Path(data.eval).name if data.eval else f"{data.eval_fraction:.0%} held out",
-               "max length (tokens)": data.max_length if task != "image_cls" else None,
-               "packing": data.packing if task == "causal_lm" else None}
-    return {k: v for k, v in summary.items() if v is not None}
-
-
-def _training_summary(record: RunRecord) -> dict:
-    training = record.config.training
-    last = max(record.losses) if record.losses else None
-    summary = {
-        "steps": f"{last} of {record.total_steps}" if last is not None else "none",
-        "status": {"ok": "finished", "stopped": "stopped early"}.get(record.done.status, record.done.status)
-        if record.done else "unknown",
-        "final training loss": f"{record.losses[last]:.4g}" if last is not None else None,
-        "learning rate": training.learning_rate,
-        "batch size": training.batch_size,
-        "gradient accumulation": training.gradient_accumulation_steps if training.gradient_accumulation_steps > 1
-        else None,
-        "scheduler": training.lr_scheduler,
-        "warm-up steps": training.warmup_steps or None,
-        "weight decay": training.weight_decay or None,
-        "optimizer": training.optimizer,
-        "precision": f"{record.precision} on {record.device}" if record.precision else training.precision,
-        "base weights": record.config.model.quantization if record.config.model.quantization != "none" else None,
-        "seed": training.seed,
-    }
-    return {k: v for k, v in summary.items() if v is not None}
+    return card_for_record(read_run(run_dir), repo_id)
 
 
 # -- push -----------------------------------------------------------------------------------
@@ -245,7 +154,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, privat
     token = _check_token(token)
     record = read_run(run_dir)
     files = check_finished(record)
-    card, extra = model_card_for_run(run_dir, repo_id)
+    card, extra = card_for_record(record, repo_id)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     with tempfile.TemporaryDirectory(prefix="peft-publish-") as folder:
         _stage(record, files, card, extra, Path(folder), config_name="training_config.yaml")
@@ -316,7 +225,7 @@ def zip_adapter(run_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path
     """``dest_dir/<run>-adapter.zip`` with the adapter, config.yaml, labels and card; never overwrites (-2, -3...)."""
     record = read_run(run_dir)
     files = check_finished(record)
-    card, extra = model_card_for_run(run_dir, None)
+    card, extra = card_for_record(record, None)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="peft-zip-") as folder:

@@ -24,7 +24,6 @@ SHOTS = ROOT / "test-output" / "browser"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 
 
 def free_port() -> int:
@@ -82,6 +81,8 @@ def pick(page, scope, label: str, text: str) -> None:
 
 def test_train_watch_stop_test_publish(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
+
+    assert os.path.exists(CHROMIUM), "install Debian's chromium (apt-get install chromium): the README's test command does"
 
     url, hub, model_dirs = server
     with sync_playwright() as p:

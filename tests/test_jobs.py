@@ -14,7 +14,7 @@ import pytest
 import torch
 from tiny_runs import SAMPLES, run_config
 
-from peft_core import PeftModel, jobs
+from peft_core import PeftModel, job_process, jobs
 from peft_core.jobs import JobRunner
 from peft_core.tasks import make_task
 from peft_core.training import run as engine_run
@@ -192,7 +192,7 @@ def _dead_pid() -> int:
 def test_runs_of_an_earlier_session_are_reattached_from_disk(tmp_path, runners):
     """No training needed: run folders as an app that was killed left them."""
     folder = tmp_path / "runs" / "local"
-    me, start = os.getpid(), jobs._start_time(os.getpid())
+    me, start = os.getpid(), job_process.start_time(os.getpid())
     layouts = {  # name: (pid, its start time, runner pid, events)
         "a-alive": (me, start, None, [StepEvent(3, 10, 1.5, 1e-3, 1.0, 0.1, 0.1, 1.0, 1.0)]),
         "b-dead": (_dead_pid(), None, None, [StepEvent(2, 10, 2.5, 1e-3, 1.0, 0.1, 0.1, 1.0, 1.0)]),

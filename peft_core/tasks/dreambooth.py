@@ -25,7 +25,6 @@ from peft_core.data import load_instance_images
 from peft_core.tasks.base import DataReport, Features, Task
 
 
-
 def class_cache_dir() -> Path:
     """Where prior-preservation images are kept between runs (under the peft-studio cache folder)."""
     from peft_core.presets import cache_dir
