@@ -138,4 +138,4 @@ def build(owner_state: gr.State) -> None:
                 check.click(do_check, inputs, report, api_name=False)  # API: /check_config
                 start.click(do_start, inputs, [job_state, report], api_name=False)  # API: /start_run
         with gr.Column(scale=6):
-            monitor.build(owner_state, job_state, "dreambooth", show_samples=True)
+            monitor.build(owner_state, job_state, "dreambooth", ["dreambooth"], show_samples=True)

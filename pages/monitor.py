@@ -87,7 +87,8 @@ def snapshot(job_id: str, owner: str) -> RunView:
         view.progress = f"**Queued** — position {status.queue_position} in line; it starts by itself."
     elif last_step is not None:
         speed = f"{last_step.tokens_per_s:,.0f} tokens/s"
-        view.progress = (f"**{status.state}** — step {last_step.step} / {last_step.total} · loss {last_step.loss:.4f} · "
+        view.progress = (f"{bar(last_step.step, last_step.total)}\n\n"
+                         f"**{status.state}** — step {last_step.step} / {last_step.total} · loss {last_step.loss:.4f} · "
                          f"{speed} · elapsed {_duration(last_step.elapsed_s)} · ETA {_duration(last_step.eta_s)}")
     elif view.finished:
         view.progress = f"**{status.state}** before the first step."
@@ -105,13 +106,32 @@ def snapshot(job_id: str, owner: str) -> RunView:
     return view
 
 
+def bar(step: int, total: int | None) -> str:
+    """A progress bar (HTML, so it needs no script) for the Markdown above the plots."""
+    share = min(1.0, step / total) if total else 0.0
+    return (f'<div class="run-progress" role="progressbar" aria-valuenow="{step}" aria-valuemax="{total or 0}">'
+            f'<div style="width:{100 * share:.1f}%"></div></div>')
+
+
+def attachable(owner: str, tasks: list[str]) -> str | None:
+    """The newest running or queued run of ``tasks``: what a reloaded page follows again."""
+    for status in common.runner().list_runs(owner):
+        if status.state in ("running", "queued") and status.task in tasks:
+            return status.job_id
+    return None
+
+
 def run_choices(owner: str) -> list[tuple[str, str]]:
     """Past and current runs of this owner, newest first, as (label, job id)."""
     return [(f"{s.job_id} · {s.state}", s.job_id) for s in common.runner().list_runs(owner)]
 
 
-def build(owner_state: gr.State, job_state: gr.State, name: str, show_samples: bool = False) -> None:
-    """The monitor panel of tab ``name``; ``job_state`` holds the job id it follows."""
+def build(owner_state: gr.State, job_state: gr.State, name: str, tasks: list[str], show_samples: bool = False) -> None:
+    """The monitor panel of tab ``name``; ``job_state`` holds the job id it follows.
+
+    A page that follows no run (a new or reloaded page) picks up this owner's
+    newest running or queued run of ``tasks`` by itself.
+    """
     progress = gr.Markdown("No run yet: check your settings, then Start.")
     with gr.Row():
         stop = gr.Button("Stop", variant="stop", size="sm")
@@ -135,18 +155,21 @@ def build(owner_state: gr.State, job_state: gr.State, name: str, show_samples: b
     timer = gr.Timer(1.0)
 
     def tick(job_id, token):
-        if not job_id:
-            return [gr.skip()] * 8
         try:
-            view = snapshot(job_id, common.owner_of(token))
+            owner = common.owner_of(token)
+            job_id = job_id or attachable(owner, tasks)
+            if not job_id:
+                return [gr.skip()] * 9
+            view = snapshot(job_id, owner)
         except ValueError as exc:
-            return [f"**Error:** {common.message(exc)}"] + [gr.skip()] * 7
+            return [gr.skip(), f"**Error:** {common.message(exc)}"] + [gr.skip()] * 7
         plots = [frame if len(frame) else gr.skip() for frame in (view.loss, view.lr, view.memory)]
-        return [view.progress, *plots, view.samples, view.log, view.config_yaml, view.config_path]
+        return [job_id, view.progress, *plots, view.samples, view.log, view.config_yaml, view.config_path]
 
-    outputs = [progress, loss, lr, memory, gallery, log, config_code, config_file]
+    outputs = [job_state, progress, loss, lr, memory, gallery, log, config_code, config_file]
     timer.tick(tick, [job_state, owner_state], outputs, show_progress="hidden")
-    job_state.change(tick, [job_state, owner_state], outputs, show_progress="hidden")
+    job_state.change(lambda job_id, token: tick(job_id, token)[1:], [job_state, owner_state], outputs[1:],
+                     show_progress="hidden")
 
     def do_stop(job_id, token):
         if not job_id:

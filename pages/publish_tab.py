@@ -7,12 +7,24 @@ stored, logged or shown again.
 from __future__ import annotations
 
 import tempfile
+import zipfile
+from pathlib import Path
 
 import gradio as gr
 
 from pages import common
 from pages.test_tab import finished_runs
 from peft_core import publish
+
+
+def zip_folder(folder: Path) -> Path:
+    """The merged model as one download (stored, not compressed: weights do not shrink, and it stays fast)."""
+    archive = folder.with_name(folder.name + ".zip")
+    with zipfile.ZipFile(archive, "x", compression=zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+    return archive
 
 
 def build(owner_state: gr.State) -> None:
@@ -63,9 +75,11 @@ def build(owner_state: gr.State) -> None:
         def do_merge(owner_token, run_dir):
             try:
                 folder = publish.merge_run(mine(owner_token, run_dir), tempfile.mkdtemp(prefix="peft-studio-merged-"))
+                archive = zip_folder(folder)
             except (ValueError, OSError) as exc:
                 raise gr.Error(common.message(exc)) from None
-            return f"Merged model written to `{folder}` (safetensors; loads with `from_pretrained`).", None
+            return (f"Merged model: `{archive.name}` (safetensors; unzip and load it with `from_pretrained`).",
+                    str(archive))
 
         push.click(do_push, [owner_state, run, repo, token, private], result, api_name="publish")
         zip_button.click(do_zip, [owner_state, run], [result, download], api_name="download_zip")

@@ -241,4 +241,4 @@ def build(title: str, tasks: list[str], default_model: str, owner_state: gr.Stat
                 check.click(do_check, inputs, report, api_name=False)  # API: /check_config
                 start.click(do_start, inputs, [job_state, report], api_name=False)  # API: /start_run
         with gr.Column(scale=6):
-            monitor.build(owner_state, job_state, title.lower())
+            monitor.build(owner_state, job_state, title.lower(), tasks)

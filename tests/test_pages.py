@@ -130,3 +130,33 @@ def test_a_run_started_from_the_api_is_watched_and_stopped(model_dirs, tmp_path)
     assert [label for label, _ in monitor.run_choices("local")][0].startswith(job)
     with pytest.raises(Exception, match="not valid YAML"):
         api.start_run("task: [")
+
+
+def test_a_reloaded_page_finds_the_running_run_and_a_merged_model_downloads(model_dirs, tmp_path):
+    import zipfile
+
+    from pages import publish_tab
+
+    config = RunConfig.from_dict({
+        "task": "causal_lm", "model": {"name_or_path": model_dirs["llama"]}, "method": {"name": "lora", "r": 4},
+        "data": {"train": str(SAMPLES / "alpaca.jsonl"), "max_length": 128},
+        "training": {"output_dir": "ignored", "max_steps": 400, "batch_size": 1, "eval_steps": None,
+                     "save_steps": None},
+    })
+    assert monitor.attachable("local", ["causal_lm"]) is None
+    job = api.start_run(config.to_yaml())
+    assert monitor.attachable("local", ["causal_lm"]) == job  # what a new page follows by itself
+    assert monitor.attachable("local", ["image_cls"]) is None  # not on the Vision tab
+    api.stop_run(job)
+    deadline = time.time() + 120
+    while api.run_status(job)["state"] in ("running", "queued") and time.time() < deadline:
+        time.sleep(0.5)
+    assert monitor.attachable("local", ["causal_lm"]) is None
+    assert 'role="progressbar"' in monitor.bar(5, 10) and "width:50.0%" in monitor.bar(5, 10)
+
+    merged = __import__("peft_core.publish", fromlist=["merge_run"]).merge_run(api.run_status(job)["run_dir"],
+                                                                             tmp_path / "out")
+    archive = publish_tab.zip_folder(merged)
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+    assert f"{merged.name}/config.json" in names and any(n.endswith(".safetensors") for n in names)
