@@ -30,6 +30,8 @@ def _config(config_yaml: str, owner: str) -> RunConfig:
     config = RunConfig.from_dict(data or {})
     check_model_choice(config.model.name_or_path)
     config.data.train = data_source(None, config.data.train, owner)
+    if config.data.eval:
+        config.data.eval = data_source(None, config.data.eval, owner)
     return config
 
 

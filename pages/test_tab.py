@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from pages import common
+from pages.training import check_model_choice
 from peft_core.compare import AdapterTester
 from peft_core.run_config import RunConfig
 
@@ -31,6 +32,8 @@ def _has_adapter(run_dir: str) -> bool:
 def load(owner: str, run_dir: str | None, typed: str, base: str, task: str) -> tuple[AdapterTester, str]:
     """The tester with the chosen adapter loaded (and active); returns it and the adapter's name."""
     if run_dir:
+        if run_dir not in {path for _, path in finished_runs(owner)}:
+            raise ValueError("that run is not one of yours, or it has no adapter yet")
         config = RunConfig.from_yaml(os.path.join(run_dir, "config.yaml"))
         base, task, source = config.model.name_or_path, config.task, run_dir
     else:
@@ -39,6 +42,7 @@ def load(owner: str, run_dir: str | None, typed: str, base: str, task: str) -> t
             raise ValueError("choose one of your runs, or give an adapter (folder or Hub id) with its base model and task")
         if not common.settings().single_user and os.path.exists(source):
             raise ValueError("on a shared Studio, test your own runs or an adapter on the Hub")
+        base = check_model_choice(base)
     key = (owner, base, task)
     tester = _testers.get(key)
     if tester is None:

@@ -85,6 +85,14 @@ def test_a_shared_studio_refuses_server_paths(tmp_path):
     with pytest.raises(ValueError, match="reload the page"):
         common.owner_of(None)
     assert common.owner_of("abc") == "abc"
+    from pages import test_tab
+
+    with pytest.raises(ValueError, match="not one of yours"):  # a run folder sent by a crafted request
+        test_tab.load("someone", str(tmp_path), "", "", "")
+    with pytest.raises(ValueError, match="pick a preset or give a Hub model id"):
+        test_tab.load("someone", None, "user/adapter", str(tmp_path), "causal_lm")
+    with pytest.raises(Exception, match="give a Hub dataset id"):
+        api.check_config("task: causal_lm\ndata: {train: someone/data, eval: /etc/passwd}\n", "someone")
     common.configure(tmp_path / "runs", single_user=True)
     assert common.owner_of(None) == "local"
 
