@@ -139,10 +139,11 @@ class CausalLMTask(TextTask):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs, use_cache=False).logits
         logits = logits[:, -labels.shape[1]:]  # virtual tokens of prompt methods come first
-        # predict token t+1 from position t; sum now, divide by the step's item count
-        summed = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
-        )
+        # Position t predicts token t+1: shift the labels, not the logits (slicing the logits would copy
+        # all of them, batch x length x vocabulary floats). Sum now, divide by the step's item count.
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        summed = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                 ignore_index=IGNORE, reduction="sum")
         return summed / max(total_items, 1), logits
 
 

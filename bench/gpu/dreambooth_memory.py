@@ -7,8 +7,8 @@ GPU has it natively), gradient checkpointing and 8-bit AdamW: once with a UNet
 LoRA only, once with a text-encoder LoRA too. Prints a Markdown table for
 docs/benchmarks.md. Needs no network.
 
-    python bench/dreambooth_memory.py            # on a CUDA GPU
-    python bench/dreambooth_memory.py --tiny     # a smoke run of the script on the CPU (toy sizes)
+    python bench/gpu/dreambooth_memory.py            # on a CUDA GPU
+    python bench/gpu/dreambooth_memory.py --tiny     # a smoke run of the script on the CPU (toy sizes)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from peft_core.run_config import RunConfig  # noqa: E402
 from peft_core.training.events import EstimateEvent, StepEvent, read_events  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="toy sizes on any device (checks the script only)")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
-    images = str(Path(__file__).resolve().parent.parent / "assets" / "samples" / "dreambooth")
+    images = str(Path(__file__).resolve().parents[2] / "assets" / "samples" / "dreambooth")
     with tempfile.TemporaryDirectory(prefix="dreambooth-bench-") as tmp:
         tmp = Path(tmp)
         if args.tiny:
