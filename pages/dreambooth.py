@@ -15,7 +15,7 @@ import gradio as gr
 
 from pages import common, monitor
 from pages.forms import form_fields, to_settings, widget
-from pages.training import check_model_choice, check_run
+from pages.training import check_model_choice, run_actions
 from peft_core import list_methods
 from peft_core.presets import PRESETS
 from peft_core.run_config import DreamBoothSettings, RunConfig
@@ -117,21 +117,7 @@ def build(owner_state: gr.State) -> None:
                     return owner, dreambooth_config(model_, method_, rest[:n_method], data,
                                                     rest[n_method:n_method + n_db], steps_, lr_, gc_, opt_)
 
-                def do_check(*args):
-                    try:
-                        return check_run(gather(args)[1])
-                    except (ValueError, OSError) as exc:
-                        raise gr.Error(common.message(exc)) from None
-
-                def do_start(*args):
-                    try:
-                        owner, config = gather(args)
-                        status = common.runner().start(config, owner)
-                    except (ValueError, OSError) as exc:
-                        raise gr.Error(common.message(exc)) from None
-                    where = (f"queued at position {status.queue_position}" if status.state == "queued"
-                             else "started")
-                    return status.job_id, f"Run **{status.job_id}** {where}."
+                do_check, do_start = run_actions(gather)
 
                 inputs = [model, method, images, steps, lr, checkpointing, optimizer, owner_state, *widgets,
                           *db_widgets]

@@ -145,6 +145,28 @@ def check_run(config: RunConfig) -> str:
     return "\n\n".join(parts)
 
 
+def run_actions(gather):
+    """The Check and Start handlers of a training tab; ``gather(args)`` turns the widget values into
+    (owner, RunConfig). Engine errors reach the page as messages."""
+
+    def do_check(*args):
+        try:
+            return check_run(gather(args)[1])
+        except (ValueError, OSError) as exc:
+            raise gr.Error(common.message(exc)) from None
+
+    def do_start(*args):
+        try:
+            owner, config = gather(args)
+            status = common.runner().start(config, owner)
+        except (ValueError, OSError) as exc:
+            raise gr.Error(common.message(exc)) from None
+        where = f"queued at position {status.queue_position}" if status.state == "queued" else "started"
+        return status.job_id, f"Run **{status.job_id}** {where}."
+
+    return do_check, do_start
+
+
 def suggested_settings(model: str) -> dict[str, Any]:
     """Starting points by model size (parameters counted without loading weights)."""
     from peft_core.planning import plan_adapter
@@ -221,21 +243,7 @@ def build(title: str, tasks: list[str], default_model: str, owner_state: gr.Stat
                     return owner, config_from_form(task_, model_, method_, values[:n_method], data, format_,
                                                    values[n_method:])
 
-                def do_check(*args):
-                    try:
-                        return check_run(gather(args)[1])
-                    except (ValueError, OSError) as exc:
-                        raise gr.Error(common.message(exc)) from None
-
-                def do_start(*args):
-                    try:
-                        owner, config = gather(args)
-                        status = common.runner().start(config, owner)
-                    except (ValueError, OSError) as exc:
-                        raise gr.Error(common.message(exc)) from None
-                    where = (f"queued at position {status.queue_position}" if status.state == "queued"
-                             else "started")
-                    return status.job_id, f"Run **{status.job_id}** {where}."
+                do_check, do_start = run_actions(gather)
 
                 inputs = [task, model, method, upload, typed, data_format, owner_state, *widgets, *hyper]
                 check.click(do_check, inputs, report, api_name=False)  # API: /check_config
