@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from pages import common, monitor
-from pages.forms import form_fields, to_settings, widget
+from pages.forms import form_fields, method_settings, to_settings, widgets_in_rows
 from pages.training import check_model_choice, run_actions
 from peft_core import list_methods
 from peft_core.presets import PRESETS
@@ -50,14 +50,11 @@ def save_uploads(paths: list[str], owner: str) -> str:
 
 def dreambooth_config(model: str, method: str, method_values: list, data: str, db_values: list, steps: int,
                       learning_rate: float, gradient_checkpointing: bool, optimizer: str) -> RunConfig:
-    spec = next(s for s in list_methods() if s.name == method)
-    settings = {k: (v.value if hasattr(v, "value") else v)
-                for k, v in to_settings(form_fields(spec.config_cls), method_values).items() if k != "task_type"}
     dreambooth = to_settings(DREAMBOOTH_FIELDS, db_values)
     return RunConfig.from_dict({
         "task": "dreambooth",
         "model": {"name_or_path": check_model_choice(model), "gradient_checkpointing": bool(gradient_checkpointing)},
-        "method": {"name": method, **{k: v for k, v in settings.items() if v is not None}},
+        "method": method_settings(method, method_values),
         "data": {"train": data},
         "dreambooth": {k: v for k, v in dreambooth.items() if v is not None or k == "snr_gamma"},
         "training": {**TRAINING, "output_dir": "runs/from-the-app", "max_steps": int(steps),
@@ -81,10 +78,7 @@ def build(owner_state: gr.State) -> None:
                                 label="Stable Diffusion model",
                                 info="tiny-sd-random works offline; e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
             with gr.Accordion("Prompts, prior preservation, text encoder, samples", open=True):
-                db_widgets = []
-                for start in range(0, len(DREAMBOOTH_FIELDS), 3):
-                    with gr.Row():
-                        db_widgets += [widget(f) for f in DREAMBOOTH_FIELDS[start:start + 3]]
+                db_widgets = widgets_in_rows(DREAMBOOTH_FIELDS)
             with gr.Row():
                 steps = gr.Number(value=400, precision=0, label="max_steps", interactive=True)
                 lr = gr.Number(value=1e-4, label="learning_rate", interactive=True)
@@ -97,12 +91,8 @@ def build(owner_state: gr.State) -> None:
             @gr.render(inputs=method)
             def method_form(method_name: str) -> None:
                 spec = next(s for s in list_methods() if s.name == method_name)
-                fields = form_fields(spec.config_cls)
                 with gr.Accordion(f"{spec.title} settings (UNet)", open=False):
-                    widgets = []
-                    for start in range(0, len(fields), 3):
-                        with gr.Row():
-                            widgets += [widget(f) for f in fields[start:start + 3]]
+                    widgets = widgets_in_rows(form_fields(spec.config_cls))
                 with gr.Row():
                     check = gr.Button("Check images")
                     start = gr.Button("Start training", variant="primary")

@@ -122,3 +122,21 @@ def _parse(field: FormField, value: Any) -> Any:
     if "," not in text and any(ch in text for ch in "*()[]|\\^$+?") or text == "all-linear":
         return text  # a regular expression, or the 'all-linear' shortcut
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def widgets_in_rows(fields: list[FormField], per_row: int = 3) -> list[gr.components.Component]:
+    """A widget per field, ``per_row`` to a row, in field order (call inside the Blocks being built)."""
+    widgets: list[gr.components.Component] = []
+    for start in range(0, len(fields), per_row):
+        with gr.Row():
+            widgets += [widget(f) for f in fields[start:start + per_row]]
+    return widgets
+
+
+def method_settings(method: str, values: list[Any]) -> dict[str, Any]:
+    """A method form's widget values -> its run-config ``method`` section (empty settings left out)."""
+    from peft_core.registry import get_method
+
+    settings = to_settings(form_fields(get_method(method).config_cls), values)
+    return {"name": method, **{k: choice_label(v) if isinstance(v, enum.Enum) else v for k, v in settings.items()
+                               if k != "task_type" and v is not None}}

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from pages import common, monitor
-from pages.forms import form_fields, to_settings, widget
+from pages.forms import form_fields, method_settings, to_settings, widgets_in_rows
 from peft_core import list_methods
 from peft_core.config import TaskType
 from peft_core.data import TEXT_FORMATS
@@ -95,15 +95,11 @@ def check_model_choice(model: str) -> str:
 def config_from_form(task: str, model: str, method: str, method_values: list, data_path: str, data_format: str,
                      hyper_values: list) -> RunConfig:
     """Widget values -> a validated RunConfig (the engine's own checks give the messages)."""
-    spec = next(s for s in list_methods() if s.name == method)
-    method_settings = {k: (v.value if hasattr(v, "value") else v)
-                       for k, v in to_settings(form_fields(spec.config_cls), method_values).items()
-                       if k not in ("task_type",)}
     hyper = to_settings(HYPER_FIELDS, hyper_values)
     return RunConfig.from_dict({
         "task": task,
         "model": {"name_or_path": check_model_choice(model), **{k: hyper[k] for k in MODEL_SHOWN}},
-        "method": {"name": method, **{k: v for k, v in method_settings.items() if v is not None}},
+        "method": method_settings(method, method_values),
         "data": {"train": data_path, "format": data_format or "auto", **{k: hyper[k] for k in DATA_SHOWN}},
         "training": {"output_dir": "runs/from-the-app", **{k: hyper[k] for k in TRAINING_SHOWN}},
     })
@@ -206,10 +202,7 @@ def build(title: str, tasks: list[str], default_model: str, owner_state: gr.Stat
                     data_format = gr.Dropdown(choices=["auto", *TEXT_FORMATS], value="auto", label="Format",
                                               visible="image_cls" not in tasks, interactive=True)
             with gr.Accordion("Hyperparameters", open=False):
-                hyper = []
-                for start in range(0, len(HYPER_FIELDS), 3):
-                    with gr.Row():
-                        hyper += [widget(f) for f in HYPER_FIELDS[start:start + 3]]
+                hyper = widgets_in_rows(HYPER_FIELDS)
             by_name = dict(zip([f.name for f in HYPER_FIELDS], hyper, strict=True))
             tuned = ["batch_size", "gradient_accumulation_steps", "learning_rate", "gradient_checkpointing",
                      "quantization"]
@@ -223,12 +216,8 @@ def build(title: str, tasks: list[str], default_model: str, owner_state: gr.Stat
             @gr.render(inputs=method)
             def method_form(method_name: str) -> None:
                 spec = next(s for s in list_methods() if s.name == method_name)
-                fields = form_fields(spec.config_cls)
                 with gr.Accordion(f"{spec.title} settings", open=False):
-                    widgets = []
-                    for start in range(0, len(fields), 3):
-                        with gr.Row():
-                            widgets += [widget(f) for f in fields[start:start + 3]]
+                    widgets = widgets_in_rows(form_fields(spec.config_cls))
                 with gr.Row():
                     check = gr.Button("Check data and memory")
                     start = gr.Button("Start training", variant="primary")
