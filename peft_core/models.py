@@ -8,26 +8,45 @@ parameters are always created in fp32.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any
 
 import torch
 
-from peft_core.presets import resolve_model
+from peft_core.errors import RunError
+from peft_core.presets import PRESETS, resolve_model
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _BAD_NAME = re.compile(r"(^|/)\.\.(/|$)|[\x00-\x1f<>|\"'`;$]")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "owner/name"
 
 
 def check_model_name(name: str) -> str:
-    """Refuse names that are neither a plausible Hub id nor a plain path (no '..' tricks, no shell characters)."""
+    """A preset, a model folder here, or something shaped like a Hub id (no '..' tricks, no shell characters)."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError("no model given; pick a preset or enter a Hub id or local path")
+    name = name.strip()
     if _BAD_NAME.search(name):
-        raise ValueError(f"model name {name!r} contains characters or '..' parts that no model id or path needs")
-    return name.strip()
+        raise RunError("bad_model_name", model=name, why="it has characters or '..' parts that no id or path needs")
+    if name.lower() in PRESETS:
+        return name
+    path = os.path.expanduser(name)
+    if os.path.exists(path):
+        if not (os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "model_index.json"))):
+            raise RunError("not_a_model_folder", model=name)
+        return name
+    if not _HUB_ID.match(name):
+        raise RunError("bad_model_name", model=name, why="no such folder, and a Hub id has one '/' at most")
+    return name
+
+
+def model_load_error(name: str, exc: BaseException) -> RunError:
+    """The error to raise when ``from_pretrained`` could not load ``name`` (first line of its reason)."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    return RunError("model_not_found", model=name, reason=reason)
 
 
 def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -77,8 +96,7 @@ def load_base_model(
             **kwargs,
         )
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load model {name_or_path!r}: {first}") from None
+        raise model_load_error(name_or_path, exc) from None
     if quant is None:
         model.to(device)
     return model

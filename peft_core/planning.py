@@ -14,6 +14,7 @@ import torch
 
 from peft_core.config import TaskType
 from peft_core.layers import AdapterLayer
+from peft_core.models import check_model_name, model_load_error
 from peft_core.peft_model import get_peft_model
 from peft_core.presets import base_model_id, resolve_model
 from peft_core.registry import get_method
@@ -52,11 +53,11 @@ def plan_adapter(
     spec = get_method(method)
     # validates before any model work
     config = spec.config_cls(task_type=task, base_model_name_or_path=base_model_id(model_name_or_path), **settings)
-    source = resolve_model(model_name_or_path)
+    source = resolve_model(check_model_name(model_name_or_path))
     try:
         model_config = transformers.AutoConfig.from_pretrained(source)
     except OSError as exc:
-        raise ValueError(f"cannot read the model config of {model_name_or_path!r}: {str(exc).splitlines()[0]}") from None
+        raise model_load_error(model_name_or_path, exc) from None
     auto = getattr(transformers, _AUTO_CLASSES[task])
     with torch.device("meta"):
         base = auto.from_config(model_config)

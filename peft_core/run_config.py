@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from peft_core.config import PeftConfig, TaskType, config_field
+from peft_core.errors import RunError
 
 TASK_TYPES = {
     "causal_lm": TaskType.CAUSAL_LM,
@@ -30,6 +31,16 @@ QUANTIZATIONS = ("none", "4bit", "8bit")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 OPTIMIZERS = ("adamw", "adamw_8bit")
+DREAMBOOTH_METHODS = ("lora", "loha", "lokr")  # what wraps a UNet's convolutions and attention
+
+
+def methods_for_task(task: str) -> list:
+    """The registered methods (``MethodSpec``) that can train ``task``."""
+    from peft_core.registry import list_methods
+
+    if task == "dreambooth":
+        return [spec for spec in list_methods() if spec.name in DREAMBOOTH_METHODS]
+    return list_methods(TASK_TYPES[task])
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -217,6 +228,10 @@ class RunConfig:
 
         settings = dict(self.method)
         spec = get_method(settings.pop("name"))
+        fits = (spec.name in DREAMBOOTH_METHODS) if self.task == "dreambooth" else self.task_type in spec.tasks
+        if not fits:
+            raise RunError("method_task_mismatch", method=spec.name, task=self.task,
+                           methods=", ".join(s.name for s in methods_for_task(self.task)))
         known = {f.name for f in dataclasses.fields(spec.config_cls) if f.init and f.name != "extra_keys"}
         unknown = sorted(set(settings) - known)
         if unknown:

@@ -52,7 +52,9 @@ def test_overrides_apply_and_revalidate():
         ({"data": {"train": "x", "max_length": -1}}, "data.max_length must be a positive whole number"),
         ({"task": "summarize"}, "task must be one of causal_lm"),
         ({"extra": {}}, "unknown section"),
-        ({"task": "image_cls", "method": {"name": "prefix_tuning"}}, None),  # accepted here, refused by the method at build
+        ({"task": "image_cls", "method": {"name": "prefix_tuning"}},
+         "The method prefix_tuning cannot train the task image_cls. Methods that can: adalora, ia3, loha, lokr, lora"),
+        ({"task": "dreambooth", "method": {"name": "ia3"}}, "Methods that can: loha, lokr, lora"),
     ],
 )
 def test_bad_values_are_refused_with_their_name(change, message):

@@ -3,10 +3,12 @@
 A `DataError` carries a stable ``code`` and the ``params`` its message is built
 from. The English messages live in `MESSAGES`, one template per code, filled
 only from ``params``, so a translation needs nothing but another table with the
-same placeholders.
+same placeholders (the shape of every `peft_core.errors.UserError`).
 """
 
 from __future__ import annotations
+
+from peft_core.errors import UserError
 
 MESSAGES: dict[str, str] = {
     # reading files
@@ -105,22 +107,10 @@ MESSAGES: dict[str, str] = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with the user's data that the user can fix; ``str(err)`` is the English message."""
 
-    def __init__(self, code: str, **params: object) -> None:
-        if code not in MESSAGES:
-            raise KeyError(f"no message for data error code '{code}'; add one to MESSAGES")
-        self.code = code
-        self.params = params
-        super().__init__(MESSAGES[code].format(**params))
-
-    def __reduce__(self):  # pickles (for worker processes) as code + params, not as the message
-        return (_rebuild, (self.code, self.params))
-
-
-def _rebuild(code: str, params: dict) -> DataError:
-    return DataError(code, **params)
+    messages = MESSAGES
 
 
 def human_size(size: int) -> str:

@@ -25,11 +25,14 @@ class ImageClsTask(classification.ConfusionMetrics, Task):
     def load_processor(self) -> Any:
         from transformers import AutoImageProcessor
 
-        from peft_core.models import check_model_name
+        from peft_core.models import check_model_name, model_load_error
         from peft_core.presets import resolve_model
 
         source = resolve_model(check_model_name(self.config.model.name_or_path))
-        self.processor = AutoImageProcessor.from_pretrained(source)
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(source)
+        except OSError as exc:
+            raise model_load_error(self.config.model.name_or_path, exc) from None
         return self.processor
 
     def read(self) -> tuple[list[Any], list[Any] | None]:

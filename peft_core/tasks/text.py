@@ -28,12 +28,15 @@ class TextTask(Task):
     def load_processor(self) -> Any:
         from transformers import AutoTokenizer
 
-        from peft_core.models import check_model_name
+        from peft_core.models import check_model_name, model_load_error
         from peft_core.presets import resolve_model
 
         settings = self.config.model
         source = resolve_model(check_model_name(settings.name_or_path))
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=settings.trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=settings.trust_remote_code)
+        except OSError as exc:
+            raise model_load_error(settings.name_or_path, exc) from None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.processor = tokenizer
