@@ -53,7 +53,8 @@ def main() -> None:
     # Prepare the offline default model while the page loads (once; ~20 s the first time).
     threading.Thread(target=resolve_model, args=(DEFAULT_LLM,), daemon=True).start()
     build_app().queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
-                                                           css_paths=[CSS])
+                                                           css_paths=[CSS],
+                                                           max_file_size=common.settings().max_upload_bytes)
 
 
 if __name__ == "__main__":

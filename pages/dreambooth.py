@@ -31,6 +31,7 @@ def save_uploads(paths: list[str], owner: str) -> str:
         raise ValueError("no images: upload 3-30 photos of your subject (or one ZIP of them)")
     digest = hashlib.sha256(owner.encode())
     for path in sorted(paths):
+        common.check_upload(path)  # before any of it is read
         digest.update(Path(path).name.encode())
         with open(path, "rb") as fh:
             digest.update(hashlib.sha256(fh.read()).digest())
@@ -40,7 +41,7 @@ def save_uploads(paths: list[str], owner: str) -> str:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         for path in paths:
-            shutil.copyfile(path, staging / Path(path).name)
+            shutil.copyfile(path, staging / common.upload_name(Path(path).name))
         os.replace(staging, folder)
     zips = [p for p in folder.iterdir() if p.suffix.lower() == ".zip"]
     if zips and len(paths) > 1:

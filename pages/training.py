@@ -54,18 +54,23 @@ def methods_for_task(task: str) -> list[tuple[str, str]]:
 
 
 def stable_copy(uploaded: str, owner: str) -> str:
-    """Keep an uploaded file where a resumed run still finds it (content-addressed: nothing is overwritten)."""
+    """Keep an uploaded file where a resumed run still finds it (content-addressed: nothing is overwritten).
+
+    Its size is checked before it is read, and its name made safe (it came from the browser).
+    """
     source = Path(uploaded)
+    common.check_upload(source)
     digest = hashlib.sha256()
     with open(source, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     digest.update(owner.encode())
     folder = common.settings().runs_root / "uploads" / digest.hexdigest()[:16]
-    target = folder / source.name
+    name = common.upload_name(source.name)
+    target = folder / name
     if not target.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{source.name}.part"
+        tmp = folder / f".{name}.part"
         shutil.copyfile(source, tmp)
         os.replace(tmp, target)
     return str(target)
@@ -108,11 +113,13 @@ def config_from_form(task: str, model: str, method: str, method_values: list, da
 def check_run(config: RunConfig) -> str:
     """Markdown: the data report, what trains, and whether it fits in memory here."""
     from peft_core.training import memory
-    from peft_core.training.run import estimate, validate
+    from peft_core.training.run import REMOTE_CODE_WARNING, estimate, validate
 
     report = validate(config)
     parts = [f"### Data: {report.source}", f"{report.format} · {report.rows} rows · **{report.used} train** · "
              f"{report.eval_rows} eval"]
+    if config.model.trust_remote_code:
+        parts.insert(0, "**Warning:** " + REMOTE_CODE_WARNING.format(model=config.model.name_or_path))
     for reason, count in report.dropped.items():
         parts.append(f"- left out {count}: {reason}")
     if report.labels:

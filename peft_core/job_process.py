@@ -72,18 +72,22 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def new_run_dir(folder: Path, config: RunConfig, name: str | None) -> tuple[str, Path]:
-    """A new, readable, never-used folder: ``20261123-141502-causal_lm-smollm2-135m-instruct`` (+ a suffix if taken)."""
+    """A new, never-used folder, readable and unguessable: ``20261123-141502-causal_lm-smollm2-135m-instruct-<12 hex>``.
+
+    The random part (48 bits) means a run id seen once (in a log, a screenshot)
+    cannot be used to find the neighbouring runs of the same minute.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     model = config.model.name_or_path.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
     base = f"{stamp}-{slug(name)}" if name else f"{stamp}-{config.task}-{slug(model)}"
     folder.mkdir(parents=True, exist_ok=True)
-    job_id = base
     for _ in range(100):
+        job_id = f"{base}-{secrets.token_hex(6)}"
         try:
-            (folder / job_id).mkdir()  # atomic: two starts in the same second never share a folder
+            (folder / job_id).mkdir()  # atomic: two starts never share a folder
             return job_id, folder / job_id
         except FileExistsError:
-            job_id = f"{base}-{secrets.token_hex(2)}"
+            continue
     raise RuntimeError(f"could not find a free run folder in {folder}")
 
 

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
 CONFIG_FILE = "config.yaml"
+REMOTE_CODE_WARNING = ("trust_remote_code is on: code from the repository of {model} runs in the training "
+                       "process; turn it off unless you have read that code and trust it")
 
 
 def encode_all(task: Task, examples: list[Any]) -> list[dict]:
@@ -88,13 +90,16 @@ def _meta_model(config: RunConfig) -> tuple[torch.nn.Module, int]:
     """The run's model with its adapter on the meta device (no weights), and its trainable parameter count."""
     import transformers
 
-    from peft_core.models import check_model_name
+    from peft_core.models import check_model_name, model_load_error
     from peft_core.presets import resolve_model
     from peft_core.tasks import task_classes
 
     task_cls = task_classes()[config.task]
     source = resolve_model(check_model_name(config.model.name_or_path))
-    model_config = transformers.AutoConfig.from_pretrained(source)
+    try:
+        model_config = transformers.AutoConfig.from_pretrained(source)
+    except OSError as exc:
+        raise model_load_error(config.model.name_or_path, exc) from None
     with torch.device("meta"):
         base = getattr(transformers, task_cls.auto_class).from_config(model_config)
     model = get_peft_model(base, config.method_config())
@@ -203,6 +208,8 @@ def train(
                 callback(event)
 
     try:
+        if config.model.trust_remote_code:
+            emit(LogEvent(level="warning", message=REMOTE_CODE_WARNING.format(model=config.model.name_or_path)))
         estimate_now = estimate(config, accelerator.device) if config.task != "dreambooth" else None
         if estimate_now is not None:  # DreamBooth: only the peak measured after the first steps
             emit(EstimateEvent(step=0, estimate=estimate_now.as_dict(), measured_peak_gb=None,
