@@ -236,4 +236,8 @@ def _checkpoint_error(exc: OSError, final: Path, previous: str | None, run_dir: 
         message += f". The previous checkpoint {Path(previous).name} is intact; resume from it."
     else:
         message += ". No earlier checkpoint exists in this run."
-    return CheckpointError(exc.errno or errno.EIO, message)
+    error = CheckpointError(exc.errno or errno.EIO, message)
+    # a stable code for the page (the DoneEvent's error_code), as for the engine's other user errors
+    error.code = "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "checkpoint_failed"
+    error.params = {"checkpoint": final.name, "reason": reason, "previous": Path(previous).name if previous else None}
+    return error
