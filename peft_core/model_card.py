@@ -70,6 +70,14 @@ model = PeftModel.from_pretrained(base, "{repo_id}")
 _PIPELINE_TAGS = {"causal_lm": "text-generation", "seq_cls": "text-classification",
                   "token_cls": "token-classification", "image_cls": "image-classification",
                   "dreambooth": "text-to-image"}
+# The headings of a run's card, in English; a caller may pass its own (``run_model_card(facts, headings)``),
+# e.g. the Studio's translation of them. Filled only from the names in braces.
+HEADINGS: dict[str, str] = {
+    "base_model": "Base model", "method": "Method: {method}", "data": "Data", "training": "Training",
+    "evaluation": "Evaluation at step {step}:", "loss_plot": "Training loss by step", "labels": "Labels",
+    "samples": "Samples", "samples_made": "Made at the end of training:", "use": "Use it",
+}
+
 _TASK_WORDS = {"causal_lm": "text generation", "seq2seq": "sequence-to-sequence generation",
                "seq_cls": "text classification", "token_cls": "token classification",
                "image_cls": "image classification", "dreambooth": "DreamBooth text-to-image"}
@@ -113,8 +121,12 @@ def _table(rows: dict[str, Any], head: tuple[str, str] = ("setting", "value")) -
     return "\n".join(lines + [f"| {key} | {_cell(value)} |" for key, value in rows.items()])
 
 
-def run_model_card(facts: RunFacts) -> str:
-    """README.md for a run's adapter: metadata, what was trained on what, how it went, how to load it."""
+def run_model_card(facts: RunFacts, headings: dict[str, str] | None = None) -> str:
+    """README.md for a run's adapter: metadata, what was trained on what, how it went, how to load it.
+
+    ``headings`` replaces some or all of `HEADINGS` (same keys and placeholders), e.g. with a translation.
+    """
+    head = {**HEADINGS, **(headings or {})}
     diffusion = facts.task == "dreambooth"
     meta: dict[str, Any] = {"library_name": "diffusers" if diffusion else "peft"}
     if _hub_model_id(facts.base_model):
@@ -134,20 +146,20 @@ def run_model_card(facts: RunFacts) -> str:
              f"A {facts.method_title} adapter for {_TASK_WORDS.get(facts.task, facts.task)} on "
              f"`{facts.base_model}`, trained with PEFT Studio. "
              + ("It loads with diffusers (and PEFT)." if diffusion else "It is an ordinary PEFT adapter."),
-             "## Base model", _base_model_line(facts.base_model),
-             f"## Method: {facts.method_title}",
+             "## " + head["base_model"], _base_model_line(facts.base_model),
+             "## " + head["method"].format(method=facts.method_title),
              _table({k: v for k, v in {**facts.method, **facts.adapter_settings}.items() if k != "name"}),
-             "## Data", _table(facts.data, ("", "")),
-             "## Training", _table(facts.training, ("", ""))]
+             "## " + head["data"], _table(facts.data, ("", "")),
+             "## " + head["training"], _table(facts.training, ("", ""))]
     if facts.final_metrics:
         metrics = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in facts.final_metrics.items()}
-        parts += [f"Evaluation at step {facts.final_metrics_step}:", _table(metrics, ("metric", "value"))]
+        parts += [head["evaluation"].format(step=facts.final_metrics_step), _table(metrics, ("metric", "value"))]
     if facts.has_loss_plot:
-        parts.append("![Training loss by step](loss.png)")
+        parts.append(f"![{head['loss_plot']}](loss.png)")
     if facts.labels:
-        parts += ["## Labels", ", ".join(f"`{label}`" for label in facts.labels)]
-    parts += _samples(facts)
-    parts += ["## Use it", _snippet(facts)]
+        parts += ["## " + head["labels"], ", ".join(f"`{label}`" for label in facts.labels)]
+    parts += _samples(facts, head)
+    parts += ["## " + head["use"], _snippet(facts)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -157,12 +169,12 @@ def _base_model_line(base: str) -> str:
     return f"`{base}` (not a Hub id: a local folder or a PEFT Studio preset; load the same base model to use this)"
 
 
-def _samples(facts: RunFacts) -> list[str]:
+def _samples(facts: RunFacts, head: dict[str, str]) -> list[str]:
     if facts.sample_images:
         images = "\n\n".join(f"![{prompt}]({path})\n\n*{prompt}*" for path, prompt in facts.sample_images)
-        return ["## Samples", "Made at the end of training:", images]
+        return ["## " + head["samples"], head["samples_made"], images]
     if facts.sample_texts:
-        return ["## Samples", "\n\n".join(f"```text\n{text}\n```" for text in facts.sample_texts)]
+        return ["## " + head["samples"], "\n\n".join(f"```text\n{text}\n```" for text in facts.sample_texts)]
     return []
 
 
@@ -198,10 +210,12 @@ def _snippet(facts: RunFacts) -> str:
 # -- a run's facts, from its record ----------------------------------------------------------
 
 
-def card_for_record(record: RunRecord, repo_id: str | None) -> tuple[str, dict[str, bytes]]:
+def card_for_record(record: RunRecord, repo_id: str | None,
+                    headings: dict[str, str] | None = None) -> tuple[str, dict[str, bytes]]:
     """README.md text for a run read by ``publish.read_run``, and the files it shows: {"loss.png": ..., ...}.
 
-    ``repo_id`` None: a card for a downloaded folder (the snippets load from a local path).
+    ``repo_id`` None: a card for a downloaded folder (the snippets load from a local path); ``headings``: see
+    ``run_model_card``.
     """
     from peft_core.presets import base_model_id
     from peft_core.registry import get_method
@@ -226,7 +240,7 @@ def card_for_record(record: RunRecord, repo_id: str | None) -> tuple[str, dict[s
         instance_prompt=config.dreambooth.instance_prompt if config.task == "dreambooth" else None,
         diffusers_lora=(record.run_dir / DIFFUSERS_LORA_FILE).is_file(),
     )
-    return run_model_card(facts), extra
+    return run_model_card(facts, headings), extra
 
 
 def _sample_files(record: RunRecord) -> tuple[dict[str, bytes], list[tuple[str, str]]]:

@@ -143,7 +143,7 @@ def model_card_for_run(run_dir: str | os.PathLike, repo_id: str | None) -> tuple
 
 
 def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, private: bool = False,
-             endpoint: str | None = None) -> str:
+             endpoint: str | None = None, headings: dict[str, str] | None = None) -> str:
     """Upload the run's adapter, card and ``training_config.yaml`` to ``repo_id`` (created if needed); its URL.
 
     ``endpoint`` defaults to $HF_ENDPOINT (read now, not at import), else the public Hub.
@@ -154,7 +154,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, privat
     token = _check_token(token)
     record = read_run(run_dir)
     files = check_finished(record)
-    card, extra = card_for_record(record, repo_id)
+    card, extra = card_for_record(record, repo_id, headings)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     with tempfile.TemporaryDirectory(prefix="peft-publish-") as folder:
         _stage(record, files, card, extra, Path(folder), config_name="training_config.yaml")
@@ -221,11 +221,12 @@ def _scrub(text: str, token: str | None) -> str:
 # -- download ------------------------------------------------------------------------------
 
 
-def zip_adapter(run_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
+def zip_adapter(run_dir: str | os.PathLike, dest_dir: str | os.PathLike,
+                headings: dict[str, str] | None = None) -> Path:
     """``dest_dir/<run>-adapter.zip`` with the adapter, config.yaml, labels and card; never overwrites (-2, -3...)."""
     record = read_run(run_dir)
     files = check_finished(record)
-    card, extra = card_for_record(record, None)
+    card, extra = card_for_record(record, None, headings)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="peft-zip-") as folder:
