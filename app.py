@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from pages import api, common, dreambooth, publish_tab, test_tab, training
+from pages import api, common, dreambooth, i18n, publish_tab, test_tab, training
 from peft_core.presets import DEFAULT_LLM, resolve_model
 
 CSS = Path(__file__).parent / "assets" / "studio.css"
@@ -24,15 +24,21 @@ TEXT_FILES = [".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt"]
 
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="PEFT Studio") as demo:
-        gr.Markdown("# PEFT Studio\nParameter-efficient fine-tuning of LLMs, ViT and Stable Diffusion.")
+        with gr.Row(equal_height=True):
+            gr.Markdown(i18n.tr("app.title"))
+            language = gr.Dropdown(choices=i18n.language_choices(), value="en", label=i18n.tr("app.language"),
+                                   elem_id="language", scale=0, min_width=160, interactive=True)
+        # the page's language: Gradio's locale (the browser's, or the one chosen here, kept in a cookie)
+        demo.load(None, None, language, js=i18n.load_js(), api_name=False)
+        language.input(None, language, None, js=i18n.SWITCH_JS, api_name=False)
         owner = gr.BrowserState(None, storage_key="peft-studio-owner")  # survives page reloads
 
         def ensure_owner(token):
             return token or common.new_token()
 
         demo.load(ensure_owner, owner, owner, api_name=False)
-        training.build("LLM", ["causal_lm", "seq2seq", "seq_cls", "token_cls"], DEFAULT_LLM, owner, TEXT_FILES)
-        training.build("Vision", ["image_cls"], "tiny-vit-random", owner, [".zip", ".csv", ".jsonl"])
+        training.build("llm", ["causal_lm", "seq2seq", "seq_cls", "token_cls"], DEFAULT_LLM, owner, TEXT_FILES)
+        training.build("vision", ["image_cls"], "tiny-vit-random", owner, [".zip", ".csv", ".jsonl"])
         dreambooth.build(owner)
         test_tab.build(owner)
         publish_tab.build(owner)
@@ -53,7 +59,7 @@ def main() -> None:
     # Prepare the offline default model while the page loads (once; ~20 s the first time).
     threading.Thread(target=resolve_model, args=(DEFAULT_LLM,), daemon=True).start()
     build_app().queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
-                                                           css_paths=[CSS],
+                                                           css_paths=[CSS], i18n=i18n.i18n(),
                                                            max_file_size=common.settings().max_upload_bytes)
 
 

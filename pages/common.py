@@ -56,7 +56,9 @@ def owner_of(token: str | None) -> str:
     if _settings.single_user:
         return "local"
     if not token:
-        raise ValueError("this browser has no identity yet; reload the page")
+        from pages.i18n import PageError
+
+        raise PageError("error.no_identity")
     return token
 
 
@@ -81,10 +83,8 @@ def check_upload(path: str | os.PathLike) -> int:
     return size
 
 
-def message(exc: BaseException) -> str:
-    """An engine error as the page shows it: the message itself, never a stack trace alone."""
-    text = str(exc).strip() or type(exc).__name__
-    advice = getattr(exc, "advice", None)
-    if advice:
-        text += "\n" + "\n".join(f"- {line}" for line in advice)
-    return text
+def message(exc: BaseException, lang: str = "en") -> str:
+    """An engine error as the page shows it, in ``lang`` when it has a code; never a stack trace alone."""
+    from pages.i18n import message as translated
+
+    return translated(exc, lang)

@@ -15,6 +15,7 @@ import gradio as gr
 
 from pages import common, monitor
 from pages.forms import form_fields, method_settings, to_settings, widgets_in_rows
+from pages.i18n import PageError, tr
 from pages.training import check_model_choice, run_actions
 from peft_core import list_methods
 from peft_core.presets import PRESETS
@@ -28,7 +29,7 @@ TRAINING = {"max_steps": 400, "batch_size": 1, "learning_rate": 1e-4, "save_step
 def save_uploads(paths: list[str], owner: str) -> str:
     """Copy the uploaded images (or one ZIP) into a folder of their own; returns what the run reads."""
     if not paths:
-        raise ValueError("no images: upload 3-30 photos of your subject (or one ZIP of them)")
+        raise PageError("error.no_images")
     digest = hashlib.sha256(owner.encode())
     for path in sorted(paths):
         common.check_upload(path)  # before any of it is read
@@ -45,7 +46,7 @@ def save_uploads(paths: list[str], owner: str) -> str:
         os.replace(staging, folder)
     zips = [p for p in folder.iterdir() if p.suffix.lower() == ".zip"]
     if zips and len(paths) > 1:
-        raise ValueError("upload either images or one ZIP of them, not both")
+        raise PageError("error.images_and_zip")
     return str(zips[0] if zips else folder)
 
 
@@ -65,20 +66,18 @@ def dreambooth_config(model: str, method: str, method_values: list, data: str, d
 
 def build(owner_state: gr.State) -> None:
     job_state = gr.State(None)
-    with gr.Tab("DreamBooth", elem_id="tab-dreambooth"), gr.Row():
+    with gr.Tab(tr("tab.dreambooth"), elem_id="tab-dreambooth"), gr.Row():
         with gr.Column(scale=5):
-            gr.Markdown("Teach Stable Diffusion a subject from 3-30 photos. A `name.txt` next to `name.png` "
-                        "(inside a ZIP) is that photo's own caption.")
-            images = gr.File(label="Instance images (or one ZIP)", file_count="multiple",
+            gr.Markdown(tr("db.intro"))
+            images = gr.File(label=tr("db.images"), file_count="multiple",
                              file_types=["image", ".zip"], type="filepath", interactive=True)
-            thumbs = gr.Gallery(label="Your images", columns=6, height=140, show_label=True)
+            thumbs = gr.Gallery(label=tr("db.your_images"), columns=6, height=140, show_label=True)
             images.change(lambda files: [f for f in files or [] if not f.lower().endswith(".zip")], images,
                           thumbs, api_name=False)
             diffusion = [k for k, p in PRESETS.items() if not p.task_types and k.endswith("sd-random")]
             model = gr.Dropdown(choices=diffusion, value=diffusion[0], allow_custom_value=True,
-                                label="Stable Diffusion model",
-                                info="tiny-sd-random works offline; e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
-            with gr.Accordion("Prompts, prior preservation, text encoder, samples", open=True):
+                                label=tr("db.model"), info=tr("db.model_info"))
+            with gr.Accordion(tr("db.settings"), open=True):
                 db_widgets = widgets_in_rows(DREAMBOOTH_FIELDS)
             with gr.Row():
                 steps = gr.Number(value=400, precision=0, label="max_steps", interactive=True)
@@ -87,16 +86,16 @@ def build(owner_state: gr.State) -> None:
                 optimizer = gr.Dropdown(choices=["adamw", "adamw_8bit"], value="adamw_8bit", label="optimizer",
                                         interactive=True)
             method = gr.Dropdown(choices=[(s.title, s.name) for s in list_methods() if s.name in UNET_METHODS],
-                                 value="lora", label="UNet method")
+                                 value="lora", label=tr("db.method"))
 
             @gr.render(inputs=method)
             def method_form(method_name: str) -> None:
                 spec = next(s for s in list_methods() if s.name == method_name)
-                with gr.Accordion(f"{spec.title} settings (UNet)", open=False):
+                with gr.Accordion(tr("db.method_settings"), open=False):
                     widgets = widgets_in_rows(form_fields(spec.config_cls))
                 with gr.Row():
-                    check = gr.Button("Check images")
-                    start = gr.Button("Start training", variant="primary")
+                    check = gr.Button(tr("db.check"))
+                    start = gr.Button(tr("train.start"), variant="primary")
                 report = gr.Markdown()
                 n_method, n_db = len(widgets), len(db_widgets)
 

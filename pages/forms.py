@@ -16,6 +16,9 @@ from typing import Any
 
 import gradio as gr
 
+from pages.i18n import PageError, tables, tr
+from pages.i18n_engine import help_key
+
 
 @dataclass(frozen=True)
 class FormField:
@@ -24,6 +27,7 @@ class FormField:
     default: Any
     help: str
     choices: tuple | None = None
+    key: str = ""  # the help text's translation key (pages/i18n_engine.help_key)
 
 
 def _kind(hint: Any, choices: tuple | None) -> str:
@@ -57,24 +61,27 @@ def form_fields(config_cls: type) -> list[FormField]:
             continue
         choices = field.metadata.get("choices")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        out.append(FormField(field.name, _kind(hints[field.name], choices), default, field.metadata["help"], choices))
+        out.append(FormField(field.name, _kind(hints[field.name], choices), default, field.metadata["help"], choices,
+                             help_key(config_cls, field.name)))
     return out
 
 
 def widget(field: FormField) -> gr.components.Component:
+    """The field's widget: its label is the config key (as in config.yaml), its info the translated help."""
     label = field.name
+    info = tr(field.key) if field.key in tables()["en"] else field.help
     if field.kind == "bool":
-        return gr.Checkbox(value=bool(field.default), label=label, info=field.help, interactive=True)
+        return gr.Checkbox(value=bool(field.default), label=label, info=info, interactive=True)
     if field.kind in ("int", "int?"):
-        return gr.Number(value=field.default, label=label, info=field.help, precision=0, interactive=True)
+        return gr.Number(value=field.default, label=label, info=info, precision=0, interactive=True)
     if field.kind in ("float", "float?"):
-        return gr.Number(value=field.default, label=label, info=field.help, interactive=True)
+        return gr.Number(value=field.default, label=label, info=info, interactive=True)
     if field.kind == "choice":
         labels = [choice_label(c) for c in field.choices]
-        return gr.Dropdown(choices=labels, value=choice_label(field.default), label=label, info=field.help,
+        return gr.Dropdown(choices=labels, value=choice_label(field.default), label=label, info=info,
                            interactive=True)
     text = "" if field.default is None else ", ".join(map(str, field.default)) if isinstance(field.default, list) else str(field.default)
-    return gr.Textbox(value=text, label=label, info=field.help, interactive=True)
+    return gr.Textbox(value=text, label=label, info=info, interactive=True)
 
 
 def choice_label(choice: Any) -> str:
@@ -93,15 +100,15 @@ def _parse(field: FormField, value: Any) -> Any:
     if field.kind == "choice":
         by_label = {choice_label(c): c for c in field.choices}
         if value not in by_label:
-            raise ValueError(f"{field.name}: pick one of {', '.join(by_label)}")
+            raise PageError("form.pick_one", name=field.name, choices=", ".join(by_label))
         return by_label[value]
     if field.kind == "int":
         if value is None:
-            raise ValueError(f"{field.name}: enter a whole number")
+            raise PageError("form.whole_number", name=field.name)
         return int(value)
     if field.kind == "float":
         if value is None:
-            raise ValueError(f"{field.name}: enter a number")
+            raise PageError("form.number", name=field.name)
         return float(value)
     if field.kind == "bool":
         return bool(value)
@@ -118,7 +125,7 @@ def _parse(field: FormField, value: Any) -> Any:
         try:
             return [int(part) for part in text.replace(" ", "").split(",") if part]
         except ValueError:
-            raise ValueError(f"{field.name}: enter whole numbers separated by commas, e.g. 0, 1, 2") from None
+            raise PageError("form.whole_numbers", name=field.name) from None
     if "," not in text and any(ch in text for ch in "*()[]|\\^$+?") or text == "all-linear":
         return text  # a regular expression, or the 'all-linear' shortcut
     return [part.strip() for part in text.split(",") if part.strip()]

@@ -13,6 +13,8 @@ from pathlib import Path
 import gradio as gr
 
 from pages import common
+from pages.i18n import PageError, lang_of, language_choices, t, tr
+from pages.i18n_engine import card_headings
 from pages.test_tab import finished_runs
 from peft_core import publish
 
@@ -28,59 +30,63 @@ def zip_folder(folder: Path) -> Path:
 
 
 def build(owner_state: gr.State) -> None:
-    with gr.Tab("Publish", elem_id="tab-publish"):
-        gr.Markdown("Share a finished run: its adapter, a model card with the loss curve and samples, "
-                    "and the config that made it.")
+    with gr.Tab(tr("tab.publish"), elem_id="tab-publish"):
+        gr.Markdown(tr("publish.intro"))
         with gr.Row():
-            run = gr.Dropdown(label="Run", choices=[], scale=4)
-            refresh = gr.Button("Refresh", size="sm", scale=1)
+            run = gr.Dropdown(label=tr("publish.run"), choices=[], scale=4)
+            refresh = gr.Button(tr("test.refresh"), size="sm", scale=1)
         with gr.Row():
-            repo = gr.Textbox(label="Repository id", placeholder="your-name/my-adapter")
-            token = gr.Textbox(label="Hub token (write)", type="password",
-                               info="Used for this upload only; never stored or logged.")
-            private = gr.Checkbox(label="Private", value=True)
+            repo = gr.Textbox(label=tr("publish.repo"), placeholder="your-name/my-adapter")
+            token = gr.Textbox(label=tr("publish.token"), type="password", info=tr("publish.token_info"))
+            private = gr.Checkbox(label=tr("publish.private"), value=True)
+            # English cards by default: a Hub card is read by everyone; the headings can be in the Studio's languages
+            card_lang = gr.Dropdown(choices=language_choices(), value="en", label=tr("publish.card_lang"),
+                                    info=tr("publish.card_lang_info"), interactive=True)
         with gr.Row():
-            push = gr.Button("Push to the Hub", variant="primary")
-            zip_button = gr.Button("Download adapter (ZIP)")
-            merge = gr.Button("Merge into the base model")
+            push = gr.Button(tr("publish.push"), variant="primary")
+            zip_button = gr.Button(tr("publish.zip"))
+            merge = gr.Button(tr("publish.merge"))
         result = gr.Markdown()
-        download = gr.File(label="Download", interactive=False)
+        download = gr.File(label=tr("publish.download"), interactive=False)
 
         refresh.click(lambda t: gr.Dropdown(choices=finished_runs(common.owner_of(t))), owner_state, run,
                       api_name=False)
 
         def mine(owner_token: str, run_dir: str | None) -> str:
             if not run_dir:
-                raise ValueError("choose one of your finished runs")
+                raise PageError("error.choose_finished_run")
             allowed = {path for _, path in finished_runs(common.owner_of(owner_token))}
             if run_dir not in allowed:
-                raise ValueError("that run is not one of yours, or it has no adapter yet")
+                raise PageError("error.not_your_run")
             return run_dir
 
-        def do_push(owner_token, run_dir, repo_id, hub_token, private_):
+        def do_push(owner_token, run_dir, repo_id, hub_token, private_, card_lang_="en", request: gr.Request = None):
+            lang = lang_of(request)
             try:
                 url = publish.push_run(mine(owner_token, run_dir), (repo_id or "").strip(), hub_token or None,
-                                       private=bool(private_))
+                                       private=bool(private_), headings=card_headings(card_lang_ or "en"))
             except (ValueError, OSError) as exc:
-                raise gr.Error(common.message(exc)) from None
-            return f"Pushed: [{url}]({url})"
+                raise gr.Error(common.message(exc, lang)) from None
+            return t("publish.pushed", lang, url=url)
 
-        def do_zip(owner_token, run_dir):
+        def do_zip(owner_token, run_dir, card_lang_="en", request: gr.Request = None):
+            lang = lang_of(request)
             try:
-                path = publish.zip_adapter(mine(owner_token, run_dir), tempfile.mkdtemp(prefix="peft-studio-zip-"))
+                path = publish.zip_adapter(mine(owner_token, run_dir), tempfile.mkdtemp(prefix="peft-studio-zip-"),
+                                           headings=card_headings(card_lang_ or "en"))
             except (ValueError, OSError) as exc:
-                raise gr.Error(common.message(exc)) from None
-            return f"ZIP ready: `{path.name}`", str(path)
+                raise gr.Error(common.message(exc, lang)) from None
+            return t("publish.zip_ready", lang, name=path.name), str(path)
 
-        def do_merge(owner_token, run_dir):
+        def do_merge(owner_token, run_dir, request: gr.Request = None):
+            lang = lang_of(request)
             try:
                 folder = publish.merge_run(mine(owner_token, run_dir), tempfile.mkdtemp(prefix="peft-studio-merged-"))
                 archive = zip_folder(folder)
             except (ValueError, OSError) as exc:
-                raise gr.Error(common.message(exc)) from None
-            return (f"Merged model: `{archive.name}` (safetensors; unzip and load it with `from_pretrained`).",
-                    str(archive))
+                raise gr.Error(common.message(exc, lang)) from None
+            return t("publish.merged", lang, name=archive.name), str(archive)
 
-        push.click(do_push, [owner_state, run, repo, token, private], result, api_name="publish")
-        zip_button.click(do_zip, [owner_state, run], [result, download], api_name="download_zip")
+        push.click(do_push, [owner_state, run, repo, token, private, card_lang], result, api_name="publish")
+        zip_button.click(do_zip, [owner_state, run, card_lang], [result, download], api_name="download_zip")
         merge.click(do_merge, [owner_state, run], [result, download], api_name="merge")

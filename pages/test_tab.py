@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from pages import common
+from pages.i18n import PageError, lang_of, t, tr
 from pages.training import check_model_choice
 from peft_core.compare import AdapterTester
 from peft_core.run_config import RunConfig
@@ -33,15 +34,15 @@ def load(owner: str, run_dir: str | None, typed: str, base: str, task: str) -> t
     """The tester with the chosen adapter loaded (and active); returns it and the adapter's name."""
     if run_dir:
         if run_dir not in {path for _, path in finished_runs(owner)}:
-            raise ValueError("that run is not one of yours, or it has no adapter yet")
+            raise PageError("error.not_your_run")
         config = RunConfig.from_yaml(os.path.join(run_dir, "config.yaml"))
         base, task, source = config.model.name_or_path, config.task, run_dir
     else:
         source = (typed or "").strip()
         if not source or not base or not task:
-            raise ValueError("choose one of your runs, or give an adapter (folder or Hub id) with its base model and task")
+            raise PageError("error.choose_adapter")
         if not common.settings().single_user and os.path.exists(source):
-            raise ValueError("on a shared Studio, test your own runs or an adapter on the Hub")
+            raise PageError("error.shared_adapter")
         base = check_model_choice(base)
     key = (owner, base, task)
     tester = _testers.get(key)
@@ -58,7 +59,7 @@ def tester_for(owner: str) -> AdapterTester:
     for (who, _, _), tester in _testers.items():
         if who == owner:
             return tester
-    raise ValueError("load an adapter first")
+    raise PageError("error.load_first")
 
 
 def describe(output: Any) -> tuple[str | None, list | None]:
@@ -81,44 +82,45 @@ def describe(output: Any) -> tuple[str | None, list | None]:
 
 
 def build(owner_state: gr.State) -> None:
-    with gr.Tab("Test", elem_id="tab-test"):
-        gr.Markdown("The base model and your adapter answer the same input with the same seed.")
+    with gr.Tab(tr("tab.test"), elem_id="tab-test"):
+        gr.Markdown(tr("test.intro"))
         with gr.Row():
-            run = gr.Dropdown(label="One of your runs", choices=[], scale=4)
-            refresh = gr.Button("Refresh", size="sm", scale=1)
-        with gr.Accordion("…or an adapter folder / Hub id", open=False), gr.Row():
-            typed = gr.Textbox(label="Adapter", placeholder="user/my-adapter")
-            base = gr.Textbox(label="Its base model")
+            run = gr.Dropdown(label=tr("test.run"), choices=[], scale=4)
+            refresh = gr.Button(tr("test.refresh"), size="sm", scale=1)
+        with gr.Accordion(tr("test.or_adapter"), open=False), gr.Row():
+            typed = gr.Textbox(label=tr("test.adapter"), placeholder="user/my-adapter")
+            base = gr.Textbox(label=tr("test.base"))
             task = gr.Dropdown(choices=["causal_lm", "seq2seq", "seq_cls", "token_cls", "image_cls", "dreambooth"],
-                               value="causal_lm", label="Task")
+                               value="causal_lm", label=tr("train.task"))
         with gr.Row():
-            load_button = gr.Button("Load adapter", variant="primary")
-            active = gr.Dropdown(label="Active adapter", choices=[], interactive=True)
+            load_button = gr.Button(tr("test.load"), variant="primary")
+            active = gr.Dropdown(label=tr("test.active"), choices=[], interactive=True)
         status = gr.Markdown()
         with gr.Row():
-            text_in = gr.Textbox(label="Input (prompt or text)", lines=3, scale=4)
-            image_in = gr.Image(label="Image (image classification)", type="pil", scale=2, visible=False)
-            seed = gr.Number(value=0, precision=0, label="Seed", scale=1)
-        compare = gr.Button("Compare")
+            text_in = gr.Textbox(label=tr("test.input"), lines=3, scale=4)
+            image_in = gr.Image(label=tr("test.image"), type="pil", scale=2, visible=False)
+            seed = gr.Number(value=0, precision=0, label=tr("test.seed"), scale=1)
+        compare = gr.Button(tr("test.compare"))
         with gr.Row():
             with gr.Column():
-                base_text = gr.Textbox(label="Base model", lines=6)
-                base_images = gr.Gallery(label="Base model", columns=2, height=220, visible=False)
+                base_text = gr.Textbox(label=tr("test.base_side"), lines=6)
+                base_images = gr.Gallery(label=tr("test.base_side"), columns=2, height=220, visible=False)
             with gr.Column():
-                adapted_text = gr.Textbox(label="With the adapter", lines=6)
-                adapted_images = gr.Gallery(label="With the adapter", columns=2, height=220, visible=False)
+                adapted_text = gr.Textbox(label=tr("test.adapted_side"), lines=6)
+                adapted_images = gr.Gallery(label=tr("test.adapted_side"), columns=2, height=220, visible=False)
 
         refresh.click(lambda token: gr.Dropdown(choices=finished_runs(common.owner_of(token))), owner_state, run,
                       api_name=False)
 
-        def do_load(token, run_dir, typed_, base_, task_):
+        def do_load(token, run_dir, typed_, base_, task_, request: gr.Request = None):
+            lang = lang_of(request)
             try:
                 tester, name = load(common.owner_of(token), run_dir, typed_, base_, task_)
             except (ValueError, OSError) as exc:
-                raise gr.Error(common.message(exc)) from None
+                raise gr.Error(common.message(exc, lang)) from None
             notes = "".join(f"\n- {n}" for n in tester.notes)
             images, pictures = tester.task == "image_cls", tester.task == "dreambooth"
-            return (gr.Dropdown(choices=tester.adapters, value=name), f"Loaded **{name}** on `{tester.base}`.{notes}",
+            return (gr.Dropdown(choices=tester.adapters, value=name), t("test.loaded", lang, name=name, base=tester.base) + notes,
                     gr.update(visible=images), gr.update(visible=not pictures), gr.update(visible=not pictures),
                     gr.update(visible=pictures), gr.update(visible=pictures))
 
@@ -126,15 +128,16 @@ def build(owner_state: gr.State) -> None:
             if name:
                 tester_for(common.owner_of(token)).set_adapter(name)
 
-        def do_compare(token, text, image, seed_):
+        def do_compare(token, text, image, seed_, request: gr.Request = None):
+            lang = lang_of(request)
             try:
                 tester = tester_for(common.owner_of(token))
                 inputs = image if tester.task == "image_cls" else text
                 if inputs is None or (isinstance(inputs, str) and not inputs.strip()):
-                    raise ValueError("give an input: " + ("an image" if tester.task == "image_cls" else "some text"))
+                    raise PageError("error.image_input" if tester.task == "image_cls" else "error.text_input")
                 result = tester.compare(inputs, seed=int(seed_ or 0))
             except (ValueError, OSError) as exc:
-                raise gr.Error(common.message(exc)) from None
+                raise gr.Error(common.message(exc, lang)) from None
             (bt, bi), (at, ai) = describe(result.base), describe(result.adapted)
             return bt, bi, at, ai
 

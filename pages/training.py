@@ -18,6 +18,7 @@ import gradio as gr
 
 from pages import common, monitor
 from pages.forms import form_fields, method_settings, to_settings, widgets_in_rows
+from pages.i18n import PageError, lang_of, t, tr
 from peft_core import list_methods
 from peft_core.config import TaskType
 from peft_core.data import TEXT_FORMATS
@@ -29,9 +30,6 @@ TRAINING_SHOWN = ["max_steps", "batch_size", "gradient_accumulation_steps", "lea
                   "seed"]
 MODEL_SHOWN = ["quantization", "gradient_checkpointing"]
 DATA_SHOWN = ["max_length", "packing", "eval_fraction"]
-TASK_LABELS = {"causal_lm": "Causal LM (chat, instructions, text)", "seq2seq": "Seq2seq (source → target)",
-               "seq_cls": "Text classification", "token_cls": "Token classification (NER)",
-               "image_cls": "Image classification", "dreambooth": "DreamBooth"}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
 
 
@@ -82,18 +80,18 @@ def data_source(uploaded: str | None, typed: str, owner: str) -> str:
         return stable_copy(uploaded, owner)
     typed = (typed or "").strip()
     if not typed:
-        raise ValueError("no data: upload a file (or a ZIP), or type a Hub dataset id")
+        raise PageError("error.no_data")
     if not common.settings().single_user and (os.path.exists(typed) or not _HUB_ID.match(typed)):
-        raise ValueError(f"{typed!r}: on a shared Studio give a Hub dataset id (owner/name) or upload a file")
+        raise PageError("error.shared_data", data=repr(typed))
     return typed
 
 
 def check_model_choice(model: str) -> str:
     model = (model or "").strip()
     if not model:
-        raise ValueError("no model: pick a preset or type a Hub id")
+        raise PageError("error.no_model")
     if not common.settings().single_user and model not in PRESETS and (os.path.exists(model) or not _HUB_ID.match(model)):
-        raise ValueError(f"{model!r}: on a shared Studio pick a preset or give a Hub model id (owner/name)")
+        raise PageError("error.shared_model", model=repr(model))
     return model
 
 
@@ -110,41 +108,41 @@ def config_from_form(task: str, model: str, method: str, method_values: list, da
     })
 
 
-def check_run(config: RunConfig) -> str:
-    """Markdown: the data report, what trains, and whether it fits in memory here."""
+def check_run(config: RunConfig, lang: str = "en") -> str:
+    """Markdown: the data report, what trains, and whether it fits in memory here (in ``lang``)."""
     from peft_core.training import memory
     from peft_core.training.run import REMOTE_CODE_WARNING, estimate, validate
 
     report = validate(config)
-    parts = [f"### Data: {report.source}", f"{report.format} · {report.rows} rows · **{report.used} train** · "
-             f"{report.eval_rows} eval"]
+    parts = [t("report.data", lang, source=report.source),
+             t("report.counts", lang, format=report.format, rows=report.rows, used=report.used, eval=report.eval_rows)]
     if config.model.trust_remote_code:
-        parts.insert(0, "**Warning:** " + REMOTE_CODE_WARNING.format(model=config.model.name_or_path))
+        parts.insert(0, t("report.warning", lang) + " " + REMOTE_CODE_WARNING.format(model=config.model.name_or_path))
     for reason, count in report.dropped.items():
-        parts.append(f"- left out {count}: {reason}")
+        parts.append(t("report.left_out", lang, count=count, reason=reason))
     if report.labels:
-        parts.append("Labels: " + ", ".join(f"{k} ({v})" for k, v in report.labels.items()))
+        parts.append(t("report.labels", lang, labels=", ".join(f"{k} ({v})" for k, v in report.labels.items())))
     if report.max_length:
-        parts.append(f"Truncated at {report.max_length} tokens: {report.truncated}")
+        parts.append(t("report.truncated", lang, max_length=report.max_length, count=report.truncated))
         bins = [b for b in report.length_histogram if b[2]]
         parts.append("\n".join(f"`{low:>5}-{high:<5}` {'█' * min(count, 40)} {count}" for low, high, count in bins))
     parts += [f"- {note}" for note in report.notes]
     for index in range(min(2, len(report.examples))):
-        parts.append(f"**Example {index + 1}** (trained part between ⟦ ⟧)\n```\n{report.marked(index)}\n```")
+        parts.append(t("report.example", lang, n=index + 1) + f"\n```\n{report.marked(index)}\n```")
     if config.task != "dreambooth":
         from peft_core.planning import plan_adapter
 
         settings = {k: v for k, v in config.method.items() if k != "name"}
         plan = plan_adapter(config.model.name_or_path, config.method["name"], settings, config.task_type)
-        parts.append(f"### What trains: {plan.method} on {plan.architecture}\ntrainable params: "
-                     f"**{plan.trainable_params:,d}** || all params: {plan.total_params:,d} || "
-                     f"trainable%: **{plan.trainable_percent:.4f}** ({len(plan.wrapped_modules)} modules adapted)")
+        parts.append(t("report.what_trains", lang, method=plan.method, architecture=plan.architecture) + "\n"
+                     + t("report.params", lang, trainable=f"{plan.trainable_params:,d}", total=f"{plan.total_params:,d}",
+                         percent=f"{plan.trainable_percent:.4f}", modules=len(plan.wrapped_modules)))
         result = estimate(config)
         device, available = memory.device_memory_gb()
         ok, advice = memory.fits(result, available)
-        verdict = "fits" if ok else "does not fit; try: " + "; ".join(advice)
-        parts.append(f"### Memory: about {result.total_gb:.2f} GB on {device} ({available:.1f} GB available) — "
-                     f"**{verdict}**")
+        verdict = t("report.fits", lang) if ok else t("report.does_not_fit", lang, advice="; ".join(advice))
+        parts.append(t("report.memory", lang, gb=f"{result.total_gb:.2f}", device=device, available=f"{available:.1f}",
+                       verdict=verdict))
     return "\n\n".join(parts)
 
 
@@ -152,20 +150,23 @@ def run_actions(gather):
     """The Check and Start handlers of a training tab; ``gather(args)`` turns the widget values into
     (owner, RunConfig). Engine errors reach the page as messages."""
 
-    def do_check(*args):
+    def do_check(request: gr.Request, *args):
+        lang = lang_of(request)
         try:
-            return check_run(gather(args)[1])
+            return check_run(gather(args)[1], lang)
         except (ValueError, OSError) as exc:
-            raise gr.Error(common.message(exc)) from None
+            raise gr.Error(common.message(exc, lang)) from None
 
-    def do_start(*args):
+    def do_start(request: gr.Request, *args):
+        lang = lang_of(request)
         try:
             owner, config = gather(args)
             status = common.runner().start(config, owner)
         except (ValueError, OSError) as exc:
-            raise gr.Error(common.message(exc)) from None
-        where = f"queued at position {status.queue_position}" if status.state == "queued" else "started"
-        return status.job_id, f"Run **{status.job_id}** {where}."
+            raise gr.Error(common.message(exc, lang)) from None
+        if status.state == "queued":
+            return status.job_id, t("run.queued", lang, job=status.job_id, position=status.queue_position)
+        return status.job_id, t("run.started", lang, job=status.job_id)
 
     return do_check, do_start
 
@@ -189,26 +190,27 @@ def suggested_settings(model: str) -> dict[str, Any]:
             "quantization": "4bit"}
 
 
-def build(title: str, tasks: list[str], default_model: str, owner_state: gr.State, data_types: list[str]) -> None:
-    """One training tab for ``tasks`` (for scripts, the same runs start through the /start_run endpoint)."""
+def build(name: str, tasks: list[str], default_model: str, owner_state: gr.State, data_types: list[str]) -> None:
+    """Training tab ``name`` ("llm", "vision": its title is ``tab.<name>``) for ``tasks`` (for scripts, the same
+    runs start through the /start_run endpoint)."""
     job_state = gr.State(None)
-    with gr.Tab(title, elem_id=f"tab-{title.lower()}"), gr.Row():
+    with gr.Tab(tr(f"tab.{name}"), elem_id=f"tab-{name}"), gr.Row():
         with gr.Column(scale=5):
             with gr.Row():
                 model = gr.Dropdown(choices=presets_for(tasks), value=default_model, allow_custom_value=True,
-                                    label="Model", info="A preset that works offline, or a Hub id.")
-                task = gr.Dropdown(choices=[(TASK_LABELS[t], t) for t in tasks], value=tasks[0], label="Task",
+                                    label=tr("train.model"), info=tr("train.model_info"))
+                task = gr.Dropdown(choices=[(tr(f"task.{t}"), t) for t in tasks], value=tasks[0], label=tr("train.task"),
                                    interactive=len(tasks) > 1)
-            method = gr.Dropdown(choices=methods_for_task(tasks[0]), value="lora", label="Method",
-                                 info="Only methods that fit the task are offered.")
+            method = gr.Dropdown(choices=methods_for_task(tasks[0]), value="lora", label=tr("train.method"),
+                                 info=tr("train.method_info"))
             task.change(lambda t: gr.Dropdown(choices=methods_for_task(t), value="lora"), task, method)
             with gr.Row():
-                upload = gr.File(label="Training data", file_types=data_types, type="filepath", interactive=True)
+                upload = gr.File(label=tr("train.data"), file_types=data_types, type="filepath", interactive=True)
                 with gr.Column():
-                    typed = gr.Textbox(label="…or a Hub dataset id", placeholder="owner/name", interactive=True)
-                    data_format = gr.Dropdown(choices=["auto", *TEXT_FORMATS], value="auto", label="Format",
+                    typed = gr.Textbox(label=tr("train.hub_dataset"), placeholder="owner/name", interactive=True)
+                    data_format = gr.Dropdown(choices=["auto", *TEXT_FORMATS], value="auto", label=tr("train.format"),
                                               visible="image_cls" not in tasks, interactive=True)
-            with gr.Accordion("Hyperparameters", open=False):
+            with gr.Accordion(tr("train.hyperparameters"), open=False):
                 hyper = widgets_in_rows(HYPER_FIELDS)
             by_name = dict(zip([f.name for f in HYPER_FIELDS], hyper, strict=True))
             tuned = ["batch_size", "gradient_accumulation_steps", "learning_rate", "gradient_checkpointing",
@@ -223,11 +225,11 @@ def build(title: str, tasks: list[str], default_model: str, owner_state: gr.Stat
             @gr.render(inputs=method)
             def method_form(method_name: str) -> None:
                 spec = next(s for s in list_methods() if s.name == method_name)
-                with gr.Accordion(f"{spec.title} settings", open=False):
+                with gr.Accordion(tr("train.method_settings"), open=False):
                     widgets = widgets_in_rows(form_fields(spec.config_cls))
                 with gr.Row():
-                    check = gr.Button("Check data and memory")
-                    start = gr.Button("Start training", variant="primary")
+                    check = gr.Button(tr("train.check"))
+                    start = gr.Button(tr("train.start"), variant="primary")
                 report = gr.Markdown()
                 n_method = len(widgets)
 
@@ -245,4 +247,4 @@ def build(title: str, tasks: list[str], default_model: str, owner_state: gr.Stat
                 check.click(do_check, inputs, report, api_name=False)  # API: /check_config
                 start.click(do_start, inputs, [job_state, report], api_name=False)  # API: /start_run
         with gr.Column(scale=6):
-            monitor.build(owner_state, job_state, title.lower(), tasks)
+            monitor.build(owner_state, job_state, name, tasks)

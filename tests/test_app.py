@@ -69,13 +69,14 @@ def test_tabs_and_named_api_endpoints(tmp_path):
     from gradio_client import Client
 
     from pages import common
+    from pages.i18n import english
 
     common.configure(tmp_path / "runs", single_user=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = app.build_app()
-    labels = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
+    labels = [english(block.label) for block in demo.blocks.values() if isinstance(block, gr.Tab)]
     assert labels == ["LLM", "Vision", "DreamBooth", "Test", "Publish"]
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
