@@ -50,6 +50,21 @@ def _unpack_cpu_layout(weight: torch.Tensor) -> None:
             weight.module.quant_state = weight.quant_state
 
 
+def training_layout(model: nn.Module) -> None:
+    """Give every 4-bit layer of ``model`` back its trainable layout.
+
+    On the CPU bitsandbytes re-lays a 4-bit weight out for inference on the
+    first call in eval mode without gradients (an evaluation, a sample), and
+    keeps using that layout's kernel afterwards, which has no backward: no
+    gradient would pass through the layer. Training loops call this before
+    training steps that follow such a call.
+    """
+    for layer in model.modules():
+        weight = getattr(layer, "weight", None)
+        if type(weight).__name__ == "Params4bit" and weight.quant_state is not None:
+            _unpack_cpu_layout(weight)
+
+
 def _int8_scales(layer: nn.Module) -> torch.Tensor:
     # bitsandbytes moves the row scales from the weight to ``layer.state`` on the first forward.
     scales = getattr(layer.weight, "SCB", None)

@@ -102,3 +102,31 @@ def test_merge_into_quantized_weights(llama_dir, kind):
     # re-quantizing rounds every weight again; the adapter's effect must dominate that error
     rounding = (after - unmerged).abs().mean() / (unmerged - base).abs().mean()
     assert rounding < {"4bit": 0.3, "8bit": 0.05}[kind], rounding
+
+
+def test_training_after_an_evaluation_gets_the_same_gradients(llama_dir):
+    """bitsandbytes' CPU inference layout (set by an eval call) has no backward; the trainer undoes it."""
+    from peft_core.weights import training_layout
+
+    base = prepare_model_for_kbit_training(quantized(llama_dir, "4bit"))
+    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", r=8))
+    inputs = MODELS["llama"].inputs()["input_ids"]
+    first = next(m for m in model.modules() if isinstance(m, LoraLinear))
+
+    def gradient() -> torch.Tensor:
+        model.train()
+        model.zero_grad()
+        model(input_ids=inputs, labels=inputs).loss.backward()
+        return first.lora_B["default"].weight.grad.clone()
+
+    before = gradient()
+    scale = float(before.abs().max())
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=inputs)
+    if getattr(first.base_layer.weight.quant_state, "packing_format_for_cpu", False):
+        # this CPU has bitsandbytes' AVX512-BF16 layout: without the fix no gradient would pass the 4-bit layers
+        assert float((gradient() - before).abs().max()) > 0.2 * scale
+    training_layout(model)
+    # the same up to bitsandbytes re-rounding its double-quantized block scales on the way back
+    assert float((gradient() - before).abs().max()) < 0.02 * scale
