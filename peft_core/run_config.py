@@ -89,8 +89,11 @@ class DataSettings:
     format: str = config_field("auto", help="The data format; auto detects it from the columns.")
     columns: dict[str, str] = config_field({}, help="Map the format's column names to your file's.", ui=False)
     max_length: int = config_field(512, help="Longest example in tokens; longer ones are cut (the report counts them).")
+    padding_free: bool = config_field(
+        True, help="Put each batch's examples end to end in one row: no compute on padding, the same steps and loss."
+    )
     packing: bool = config_field(
-        False, help="Pack several short examples into each row (no compute on padding; same loss)."
+        False, help="Pack the whole set into rows of max_length tokens: fewer, fuller steps per epoch."
     )
     eval_fraction: float = config_field(0.1, help="Share of the training rows held out for evaluation when no eval file.")
 

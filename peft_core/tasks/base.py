@@ -138,6 +138,11 @@ class Task:
         """Hook: a task may pack short examples into rows (causal LM)."""
         return features
 
+    @property
+    def groups_by_length(self) -> bool:
+        """Whether batches should hold examples of similar length (padded batches waste less)."""
+        return True
+
     def render(self, features: Features) -> list[tuple[str, bool]]:
         """The example as the model sees it: (text, trained?) segments."""
         return []

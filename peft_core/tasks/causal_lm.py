@@ -3,15 +3,18 @@
 Conversations go through the tokenizer's own chat template; only the
 assistant's turns are trained (the prompt tokens are masked from the loss).
 Without a template, instructions use a plain "### Instruction / ### Response"
-layout. With ``packing`` several short examples share one row: each restarts
-its position ids, and transformers then lets no token attend across examples,
-so the loss equals the unpacked loss while no compute goes to padding.
+layout. Batches are padding-free by default (``data.padding_free``): each
+batch's examples go end to end in one row whose position ids restart at each
+example (``tasks/packed.py``), so the loss is that of padded batches with no
+compute on padding; ``data.packing`` packs the whole set into full rows
+instead. The vocabulary projection runs only at trained positions (the
+model's ``logits_to_keep``), the same loss without the prompt's logits.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import random
 from typing import Any, ClassVar
 
 import torch
@@ -21,9 +24,10 @@ from torch import nn
 from peft_core.config import TaskType
 from peft_core.data import ChatExample, PromptCompletionExample, TextExample
 from peft_core.tasks.base import Features
+from peft_core.tasks.packed import IGNORE, flatten, keeps_selected_logits, pack, packing_problem
 from peft_core.tasks.text import TextTask
 
-IGNORE = -100
+logger = logging.getLogger(__name__)
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
 
@@ -32,6 +36,8 @@ class CausalLMTask(TextTask):
     task_type = TaskType.CAUSAL_LM
     auto_class = "AutoModelForCausalLM"
     accepts: ClassVar[tuple[type, ...]] = (ChatExample, PromptCompletionExample, TextExample)
+    flat_batches = False  # set by build_model: each batch becomes one packed row (data.padding_free)
+    selected_logits: bool | None = None  # logits only at trained positions; found on the first loss
 
     # -- encoding ------------------------------------------------------------------
     def encode(self, example: Any) -> Features | None:
@@ -109,8 +115,28 @@ class CausalLMTask(TextTask):
             return features
         return pack(features, self.config.data.max_length, seed)
 
+    def build_model(self, precision: str, device: torch.device) -> nn.Module:
+        """The model with its adapter; then whether it can take packed rows (``data.packing``, ``padding_free``)."""
+        model = super().build_model(precision, device)
+        data = self.config.data
+        self.flat_batches = False
+        if data.packing or data.padding_free:
+            problem = packing_problem(model)
+            if problem and data.packing:
+                raise ValueError(f"data.packing cannot be used here: {problem}; set data.packing to false")
+            if problem:
+                logger.info("padded batches instead of padding-free ones: %s", problem)
+            self.flat_batches = data.padding_free and not data.packing and problem is None
+        return model
+
+    @property
+    def groups_by_length(self) -> bool:
+        return not self.flat_batches  # a flattened batch has no padding, whatever its lengths
+
     # -- batches -----------------------------------------------------------------------
     def collate(self, features: list[Features]) -> dict[str, torch.Tensor]:
+        if self.flat_batches:
+            features = flatten(features)
         pad = self.processor.pad_token_id
         width = max(len(f["input_ids"]) for f in features)
         batch = {
@@ -137,44 +163,22 @@ class CausalLMTask(TextTask):
     def loss_and_outputs(self, model: nn.Module, batch: dict[str, torch.Tensor], total_items: int):
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs, use_cache=False).logits
-        logits = logits[:, -labels.shape[1]:]  # virtual tokens of prompt methods come first
         # Position t predicts token t+1: shift the labels, not the logits (slicing the logits would copy
         # all of them, batch x length x vocabulary floats). Sum now, divide by the step's item count.
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        if self.selected_logits is None:
+            self.selected_logits = keeps_selected_logits(model)
+        if self.selected_logits:  # the vocabulary projection only where a token is trained
+            trained = targets != IGNORE
+            logits = model(**inputs, use_cache=False, logits_to_keep=trained).logits  # (trained tokens, vocab)
+            targets = targets[trained]
+        else:
+            logits = model(**inputs, use_cache=False).logits
+            logits = logits[:, -labels.shape[1]:]  # virtual tokens of prompt methods come first
         summed = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                  ignore_index=IGNORE, reduction="sum")
         return summed / max(total_items, 1), logits
 
-
-
-def pack(features: list[Features], max_length: int, seed: int) -> list[Features]:
-    """First-fit packing of examples (in a seeded order) into rows of at most ``max_length`` tokens."""
-    order = list(range(len(features)))
-    random.Random(seed).shuffle(order)
-    rows: list[list[Features]] = []
-    room: list[int] = []
-    for index in sorted(order, key=lambda i: -len(features[i]["input_ids"])):
-        size = len(features[index]["input_ids"])
-        for r, free in enumerate(room):
-            if size <= free:
-                rows[r].append(features[index])
-                room[r] -= size
-                break
-        else:
-            rows.append([features[index]])
-            room.append(max_length - size)
-    packed = []
-    for row in rows:
-        ids, labels, positions = [], [], []
-        for f in row:
-            ids += f["input_ids"]
-            # the first token of an example is never predicted (as without packing)
-            labels += [IGNORE] + f["labels"][1:]
-            positions += list(range(len(f["input_ids"])))
-        packed.append({"input_ids": ids, "labels": labels, "position_ids": positions})
-    random.Random(seed + 1).shuffle(packed)
-    return packed
 
 
 def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:

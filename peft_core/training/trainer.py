@@ -40,6 +40,7 @@ from peft_core.training.events import (
     process_memory,
 )
 from peft_core.training.state_io import load_state, save_state
+from peft_core.weights import training_layout
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Trainer:
         settings = self.config.training
         while True:
             plan = epoch_batches(self.lengths, settings.batch_size, settings.seed, self.state.epoch,
+                                 group_by_length=self.task.groups_by_length,
                                  shards=self.accelerator.num_processes, shard=self.accelerator.process_index)
             while self.state.batches_seen_in_epoch < len(plan):
                 indices = plan[self.state.batches_seen_in_epoch]
@@ -131,6 +133,8 @@ class Trainer:
         items = int(accelerator.reduce(torch.tensor(local_items, device=accelerator.device), "sum"))
         scale = accelerator.num_processes  # DDP averages gradients; undo it so the loss is a mean over all items
         self.model.train()
+        if self.config.model.quantization == "4bit":
+            training_layout(self.model)  # an evaluation may have left bitsandbytes' inference-only layout
         total = 0.0
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
