@@ -189,6 +189,26 @@ class LoraLinear(LoraLayer):
         self.lora_A[adapter_name] = nn.Linear(self.in_features, r, bias=False)
         self.lora_B[adapter_name] = nn.Linear(r, self.out_features, bias=bias)
 
+    def add_delta(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """Plain LoRA as one fused ``result + scaling * (A x) B^T`` (``addmm``); in place without gradients.
+
+        The general path makes ``B(A x)``, then its scaled copy, then the sum:
+        two more tensors of the output's size per layer. DoRA, a bias on B,
+        dropout while training, autocast or mixed dtypes take the general path.
+        """
+        A, B = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        dropout = self.lora_dropout[adapter_name]
+        if (self.is_dora(adapter_name) or B.bias is not None or result.dtype != B.weight.dtype
+                or (self.training and not isinstance(dropout, nn.Identity))
+                or torch.is_autocast_enabled(result.device.type)):
+            return super().add_delta(adapter_name, x, result)
+        hidden = A(x.to(A.weight.dtype))
+        flat, hidden = result.reshape(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1])
+        scaling = self.scaling[adapter_name]
+        if torch.is_grad_enabled():
+            return torch.addmm(flat, hidden, B.weight.t(), alpha=scaling).view(result.shape)
+        return flat.addmm_(hidden, B.weight.t(), alpha=scaling).view(result.shape)  # the base output is ours
+
     def delta_out_first(self, adapter_name: str) -> torch.Tensor:
         A, B = self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight
         return (B @ A) * self.scaling[adapter_name]
