@@ -80,5 +80,7 @@ def check_config(config_yaml: str, owner_token: str = "", data_file: FileData | 
 
 
 def build() -> None:
-    for fn in (start_run, run_status, stop_run, check_config):
+    for fn in (start_run, stop_run, check_config):
         gr.api(fn, api_name=fn.__name__)
+    # a poll reads a few lines from disk: many clients at once need not wait behind each other in the queue
+    gr.api(run_status, api_name="run_status", concurrency_limit=None)

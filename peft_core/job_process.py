@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"  # as in training.run (not imported: it pulls in the whole engine)
 EVENTS_FILE = "events.jsonl"  # as in training.run
 _HAS_PROC = os.path.exists("/proc/self/stat")
+NICENESS = 10  # added to the training process's nice value
 
 
 @dataclass
@@ -151,6 +152,10 @@ def child_main(run_dir: str) -> int:
     import faulthandler
 
     faulthandler.enable()  # a segfault leaves its traceback in log.txt
+    try:
+        os.nice(NICENESS)  # the app's web server, not a long run, gets the CPU first: pages stay responsive
+    except OSError:
+        logger.warning("could not lower the training process's priority")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     asked = threading.Event()
 
