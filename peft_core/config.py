@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from peft_core.config_errors import bad
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "adapter_config.json"
@@ -83,7 +85,7 @@ def _parse_task_type(value: Any) -> TaskType | None:
         return TaskType(str(value).upper())
     except ValueError:
         valid = ", ".join(t.value for t in TaskType)
-        raise ValueError(f"task_type {value!r} is not a known task type; use one of: {valid}") from None
+        raise bad("task_type", value=value, choices=valid) from None
 
 
 def _is_default_like(value: Any) -> bool:

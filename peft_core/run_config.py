@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from peft_core.config import PeftConfig, TaskType, config_field
+from peft_core.config_errors import ConfigError, bad, positive_int
 from peft_core.errors import RunError
 
 TASK_TYPES = {
@@ -46,21 +47,19 @@ def methods_for_task(task: str) -> list:
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive whole number; got {value!r}")
+    positive_int(name, value)
 
 
 def _number_in(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
-        bound = f"{'above' if low_open else 'at least'} {low:g} and at most {high:g}"
-        raise ValueError(f"{name} must be a number {bound}; got {value!r}")
+        raise bad("number_range_open" if low_open else "number_range", name, value, low=f"{low:g}", high=f"{high:g}")
 
 
 def _choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise bad("one_of", name, value, choices=", ".join(choices))
 
 
 @dataclass
@@ -78,7 +77,7 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name_or_path, str) or not self.name_or_path.strip():
-            raise ValueError("model.name_or_path is empty; pick a preset or enter a Hub id or local path")
+            raise ConfigError("empty_model")
         _choice("model.quantization", self.quantization, QUANTIZATIONS)
 
 
@@ -130,25 +129,25 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.output_dir, str) or not self.output_dir.strip():
-            raise ValueError("training.output_dir is empty; name a folder for the run")
+            raise ConfigError("empty_output_dir")
         _positive_int("training.max_steps", self.max_steps, allow_none=True)
         if self.max_steps is None:
             if self.num_epochs is None:
-                raise ValueError("set training.max_steps or training.num_epochs")
+                raise ConfigError("steps_or_epochs")
             _number_in("training.num_epochs", self.num_epochs, 0.0, 1000.0, low_open=True)
         _positive_int("training.batch_size", self.batch_size)
         _positive_int("training.gradient_accumulation_steps", self.gradient_accumulation_steps)
         _number_in("training.learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
         _choice("training.lr_scheduler", self.lr_scheduler, SCHEDULERS)
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"training.warmup_steps must be a whole number >= 0; got {self.warmup_steps!r}")
+            raise bad("steps_at_least", "training.warmup_steps", self.warmup_steps, low=0)
         _number_in("training.weight_decay", self.weight_decay, 0.0, 1.0)
         if self.max_grad_norm is not None:
             _number_in("training.max_grad_norm", self.max_grad_norm, 0.0, 1e6, low_open=True)
         _choice("training.optimizer", self.optimizer, OPTIMIZERS)
         _choice("training.precision", self.precision, PRECISIONS)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"training.seed must be a whole number; got {self.seed!r}")
+            raise bad("whole_number", "training.seed", self.seed)
         for name in ("logging_steps", "keep_checkpoints"):
             _positive_int(f"training.{name}", getattr(self, name))
         for name in ("eval_steps", "save_steps", "early_stopping_patience"):
@@ -183,17 +182,16 @@ class DreamBoothSettings:
     guidance_scale: float = config_field(7.5, help="Classifier-free guidance of the sample images.")
 
     def __post_init__(self) -> None:
-        for name in ("instance_prompt",):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
-                raise ValueError(f"dreambooth.{name} is empty; describe your images, e.g. 'a photo of sks dog'")
+        if not isinstance(self.instance_prompt, str) or not self.instance_prompt.strip():
+            raise ConfigError("empty_instance_prompt")
         if self.with_prior_preservation and not (isinstance(self.class_prompt, str) and self.class_prompt.strip()):
-            raise ValueError("dreambooth.class_prompt is empty; prior preservation needs it (e.g. 'a photo of dog')")
+            raise ConfigError("empty_class_prompt")
         for name in ("num_class_images", "class_inference_steps", "resolution", "text_encoder_r",
                      "validation_inference_steps"):
             _positive_int(f"dreambooth.{name}", getattr(self, name))
         _positive_int("dreambooth.validation_steps", self.validation_steps, allow_none=True)
         if self.resolution % 8:
-            raise ValueError(f"dreambooth.resolution must be a multiple of 8; got {self.resolution}")
+            raise bad("multiple_of_8", "dreambooth.resolution", self.resolution)
         _number_in("dreambooth.prior_loss_weight", self.prior_loss_weight, 0.0, 100.0)
         _number_in("dreambooth.text_encoder_alpha", self.text_encoder_alpha, 0.0, 1e4, low_open=True)
         _number_in("dreambooth.noise_offset", self.noise_offset, 0.0, 1.0)
@@ -201,7 +199,7 @@ class DreamBoothSettings:
             _number_in("dreambooth.snr_gamma", self.snr_gamma, 0.0, 100.0, low_open=True)
         _number_in("dreambooth.guidance_scale", self.guidance_scale, 0.0, 50.0)
         if not isinstance(self.validation_prompts, list) or not all(isinstance(p, str) for p in self.validation_prompts):
-            raise ValueError("dreambooth.validation_prompts must be a list of prompts")
+            raise ConfigError("validation_prompts")
 
 
 @dataclass
@@ -218,7 +216,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _choice("task", self.task, tuple(TASK_TYPES))
         if not isinstance(self.method, dict) or not self.method.get("name"):
-            raise ValueError("method needs a name, e.g. {name: lora, r: 8}")
+            raise ConfigError("method_needs_name")
         self.method_config()  # validate the method's fields now, with their own messages
 
     @property
@@ -238,10 +236,9 @@ class RunConfig:
         known = {f.name for f in dataclasses.fields(spec.config_cls) if f.init and f.name != "extra_keys"}
         unknown = sorted(set(settings) - known)
         if unknown:
-            raise ValueError(
-                f"method {spec.name} has no setting {', '.join(map(repr, unknown))}; "
-                f"its settings are: {', '.join(sorted(known - {'task_type', 'base_model_name_or_path', 'revision', 'inference_mode'}))}"
-            )
+            hidden = {"task_type", "base_model_name_or_path", "revision", "inference_mode"}
+            raise ConfigError("unknown_method_setting", method=spec.name, names=", ".join(map(repr, unknown)),
+                              known=", ".join(sorted(known - hidden)))
         settings.setdefault("task_type", self.task_type)
         if "total_step" in known and settings.get("total_step") is None and self.training.max_steps:
             settings["total_step"] = self.training.max_steps  # a schedule over the whole run (AdaLoRA)
@@ -261,21 +258,22 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         if not isinstance(data, dict):
-            raise ValueError(f"a run config is a mapping of sections; got {type(data).__name__}")
+            raise ConfigError("not_sections", kind=type(data).__name__)
         sections = {"model": ModelSettings, "data": DataSettings, "training": TrainingSettings,
                     "dreambooth": DreamBoothSettings}
         unknown = sorted(set(data) - set(sections) - {"task", "method"})
         if unknown:
-            raise ValueError(f"unknown section(s) {', '.join(unknown)}; a run config has: task, model, method, data, training, dreambooth")
+            raise ConfigError("unknown_sections", names=", ".join(unknown))
         kwargs: dict[str, Any] = {"task": data.get("task", "causal_lm"), "method": dict(data.get("method") or {"name": "lora"})}
         for name, section_cls in sections.items():
             values = data.get(name) or {}
             if not isinstance(values, dict):
-                raise ValueError(f"{name} must be a mapping of settings; got {values!r}")
+                raise bad("section_not_mapping", name, values)
             known = {f.name for f in dataclasses.fields(section_cls)}
-            bad = sorted(set(values) - known)
-            if bad:
-                raise ValueError(f"{name} has no setting {', '.join(map(repr, bad))}; it has: {', '.join(sorted(known))}")
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise ConfigError("unknown_setting", name=name, names=", ".join(map(repr, unknown)),
+                                  known=", ".join(sorted(known)))
             kwargs[name] = section_cls(**values)
         return cls(**kwargs)
 
@@ -285,7 +283,7 @@ class RunConfig:
             with open(path, encoding="utf-8") as fh:
                 data = yaml.safe_load(fh)
         except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError("bad_yaml", path=str(path), reason=str(exc)) from None
         return cls.from_dict(data or {})
 
     def to_yaml(self) -> str:
@@ -304,7 +302,7 @@ class RunConfig:
             key, sep, raw = item.partition("=")
             parts = key.strip().split(".")
             if not sep or len(parts) > 2 or not parts[0]:
-                raise ValueError(f"override {item!r} must look like section.setting=value")
+                raise ConfigError("bad_override", item=repr(item))
             value = yaml.safe_load(raw)
             if len(parts) == 1:
                 data[parts[0]] = value

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from peft_core.config_errors import bad
+
 ALL_LINEAR = "all-linear"
 
 # Candidate groups of module names, in order of preference; the first group
@@ -247,7 +249,7 @@ def names_or_regex(field_name: str, value: Any) -> list[str] | str | None:
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) and v for v in value):
         names = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
         return names or None
-    raise ValueError(f"{field_name} must be a list of module names or one regular expression; got {value!r}")
+    raise bad("names_or_regex", field_name, value)
 
 
 def all_linear_targets(model: nn.Module, modules: Modules, is_linear: Callable[[nn.Module], bool]) -> list[str]:

@@ -22,6 +22,7 @@ from torch import nn
 
 from peft_core import targets, weights
 from peft_core.config import PeftConfig, PeftType, TaskType, config_field
+from peft_core.config_errors import ConfigError, bad, flag
 from peft_core.layers import AdapterLayer, adapter_device_and_dtype, is_conv1d, is_linear, linear_features
 from peft_core.registry import MethodSpec, register_method
 from peft_core.tuner import AdapterModel
@@ -71,22 +72,14 @@ class IA3Config(PeftConfig):
         self.feedforward_modules = [] if empty else targets.names_or_regex("feedforward_modules", feedforward)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save) or None
-        if not isinstance(self.fan_in_fan_out, bool):
-            raise ValueError(f"fan_in_fan_out must be True or False; got {self.fan_in_fan_out!r}")
+        flag("fan_in_fan_out", self.fan_in_fan_out, "true_or_false_flag")
         if not isinstance(self.init_ia3_weights, bool):
-            raise ValueError(
-                f"init_ia3_weights must be True (vectors of ones) or False (random, for tests); "
-                f"got {self.init_ia3_weights!r}"
-            )
+            raise bad("init_ia3_weights", value=self.init_ia3_weights)
         if isinstance(self.feedforward_modules, list) and isinstance(self.target_modules, list):
             # a set rule, as the PEFT library checks it when it reads the config
             stray = [name for name in self.feedforward_modules if name not in self.target_modules]
             if stray:
-                raise ValueError(
-                    f"feedforward_modules {stray} are not in target_modules {self.target_modules}; a feedforward "
-                    f"module is a target whose input is scaled, so add {stray} to target_modules or drop them "
-                    f"from feedforward_modules"
-                )
+                raise ConfigError("feedforward_not_targeted", stray=str(stray), targets=str(self.target_modules))
 
     def is_feedforward(self, key: str) -> bool:
         """Does the module at path ``key`` scale its input?"""

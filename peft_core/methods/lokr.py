@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from peft_core.config import PeftType, TaskType, config_field
+from peft_core.config_errors import bad
 from peft_core.methods.lycoris import LycorisConfig, LycorisLayer, LycorisModel, check_bool, kaiming_
 from peft_core.registry import MethodSpec, register_method
 
@@ -55,10 +56,7 @@ class LoKrConfig(LycorisConfig):
         check_bool("rank_dropout_scale", self.rank_dropout_scale)
         factor = self.decompose_factor
         if isinstance(factor, bool) or not isinstance(factor, int) or not (factor == -1 or factor >= 1):
-            raise ValueError(
-                f"decompose_factor must be -1 (split each dimension near its square root) or a whole number >= 1 "
-                f"(e.g. 4); got {factor!r}"
-            )
+            raise bad("decompose_factor", value=factor)
 
 
 def factorize(dimension: int, factor: int = -1) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from torch import nn
 
 from peft_core import targets
 from peft_core.config import PeftConfig, config_field
+from peft_core.config_errors import ConfigError, bad, flag, positive_int
 from peft_core.layers import AdapterLayer, adapter_device_and_dtype, is_conv1d
 from peft_core.tuner import AdapterModel
 
@@ -78,11 +79,11 @@ class LycorisConfig(PeftConfig):
         for name in ("rank_dropout", "module_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"{name} must be at least 0 and below 1 (e.g. 0.1, or 0 for none); got {value!r}")
+                raise bad("dropout", name, value)
         check_bool("use_effective_conv2d", self.use_effective_conv2d)
         if not isinstance(self.init_weights, (bool, str)) or self.init_weights not in self.INIT_CHOICES:
             choices = ", ".join(repr(c) for c in self.INIT_CHOICES)
-            raise ValueError(f"init_weights must be one of {choices}; got {self.init_weights!r}")
+            raise bad("one_of", "init_weights", self.init_weights, choices=choices)
         self.target_modules = _names_or_regex("target_modules", self.target_modules)
         self.exclude_modules = _names_or_regex("exclude_modules", self.exclude_modules)
         if self.modules_to_save is not None:
@@ -94,19 +95,13 @@ class LycorisConfig(PeftConfig):
     def _check_layer_selection(self) -> None:
         if self.layers_to_transform is None:
             if self.layers_pattern:
-                raise ValueError(
-                    "layers_pattern only has a meaning together with layers_to_transform; set both or neither"
-                )
+                raise ConfigError("layers_pattern_alone")
             return
         layers = [self.layers_to_transform] if isinstance(self.layers_to_transform, int) else self.layers_to_transform
         if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
-            raise ValueError(
-                f"layers_to_transform must be layer numbers >= 0 (e.g. [0, 1]); got {self.layers_to_transform!r}"
-            )
+            raise bad("layer_numbers", value=self.layers_to_transform)
         if isinstance(self.target_modules, str):
-            raise ValueError(
-                "layers_to_transform cannot be combined with a regular-expression target_modules; list names instead"
-            )
+            raise ConfigError("layers_with_regex")
 
     def rank_for(self, key: str) -> int:
         """The rank of the module at path ``key``: the first matching rank_pattern entry, else ``r``."""
@@ -117,32 +112,26 @@ class LycorisConfig(PeftConfig):
 
 
 def _check_rank(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive whole number (a rank, e.g. 8); got {value!r}")
+    positive_int(name, value, "rank")
 
 
 def _check_alpha(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number (e.g. 8 or 16); got {value!r}")
+        raise bad("positive_number", name, value)
 
 
 def check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false; got {value!r}")
+    flag(name, value)
 
 
 def _check_pattern(name: str, patterns: Any, check_value) -> dict:
     if not isinstance(patterns, dict):
-        raise ValueError(
-            f"{name} must map module names or regular expressions to values, e.g. {{'q_proj': 4}}; got {patterns!r}"
-        )
+        raise bad("pattern_map", name, patterns)
     for key, value in patterns.items():
         try:
             re.compile(key)
         except (re.error, TypeError):
-            raise ValueError(
-                f"{name} key {key!r} is not a valid regular expression; use a module name such as 'q_proj'"
-            ) from None
+            raise ConfigError("pattern_regex", name=name, key=repr(key)) from None
         check_value(f"{name}[{key!r}]", value)
     return dict(patterns)
 
@@ -153,7 +142,7 @@ def _names_or_regex(field_name: str, value: Any) -> list[str] | str | None:
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) and v for v in value):
         names = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
         return names or None
-    raise ValueError(f"{field_name} must be a list of module names or one regular expression; got {value!r}")
+    raise bad("names_or_regex", field_name, value)
 
 
 def _pattern_value(patterns: dict[str, Any], key: str, default: Any) -> Any:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peft_core.config import PeftType, config_field
+from peft_core.config_errors import ConfigError, positive_int
 from peft_core.methods.prompt_tuning import PROMPT_TASKS, PromptTuningConfig, initial_tokens
 from peft_core.prompt_learning import PromptEncoder
 from peft_core.prompt_learning.virtual_tokens import VirtualTokenModel
@@ -56,10 +57,9 @@ class MultitaskPromptTuningConfig(PromptTuningConfig):
         super().__post_init__()
         for name in ("num_ranks", "num_tasks"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1; got {value!r}")
+            positive_int(name, value, "at_least_one")
         if self.prompt_tuning_init.value in SOURCE_INITS and not self.prompt_tuning_init_state_dict_path:
-            raise ValueError(f"prompt_tuning_init {self.prompt_tuning_init.value} needs prompt_tuning_init_state_dict_path")
+            raise ConfigError("source_init_needs_path", init=self.prompt_tuning_init.value)
 
 
 class MultitaskPrompt(PromptEncoder):

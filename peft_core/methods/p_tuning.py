@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from peft_core.config import PeftType, config_field
+from peft_core.config_errors import bad, positive_int
 from peft_core.methods.prompt_tuning import PROMPT_TASKS, random_tokens
 from peft_core.prompt_learning import PromptLearningConfig
 from peft_core.prompt_learning.model import ComputedPrompt
@@ -40,14 +41,15 @@ class PromptEncoderConfig(PromptLearningConfig):
         super().__post_init__()
         kind = str(getattr(self.encoder_reparameterization_type, "value", self.encoder_reparameterization_type)).upper()
         if kind not in ENCODER_TYPES:
-            raise ValueError(f"encoder_reparameterization_type must be MLP or LSTM; got {self.encoder_reparameterization_type!r}")
+            raise bad("encoder_type", value=self.encoder_reparameterization_type)
         self.encoder_reparameterization_type = kind
-        if isinstance(self.encoder_num_layers, bool) or not isinstance(self.encoder_num_layers, int) or self.encoder_num_layers < 1:
-            raise ValueError(f"encoder_num_layers must be a whole number of at least 1; got {self.encoder_num_layers!r}")
-        if self.encoder_hidden_size is not None and (not isinstance(self.encoder_hidden_size, int) or self.encoder_hidden_size < 1):
-            raise ValueError(f"encoder_hidden_size must be a positive whole number; got {self.encoder_hidden_size!r}")
-        if not 0 <= self.encoder_dropout < 1:
-            raise ValueError(f"encoder_dropout must be at least 0 and below 1; got {self.encoder_dropout!r}")
+        positive_int("encoder_num_layers", self.encoder_num_layers, "at_least_one")
+        if self.encoder_hidden_size is not None:
+            positive_int("encoder_hidden_size", self.encoder_hidden_size)
+        if isinstance(self.encoder_dropout, bool) or not isinstance(self.encoder_dropout, (int, float)) or not (
+            0 <= self.encoder_dropout < 1
+        ):
+            raise bad("dropout", "encoder_dropout", self.encoder_dropout)
 
 
 class PTuningEncoder(ComputedPrompt):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from peft_core.config import PeftType, config_field
+from peft_core.config_errors import positive_int
 from peft_core.methods.prompt_tuning import PROMPT_TASKS
 from peft_core.prompt_learning import DirectPrompt, PromptEncoder, PromptLearningConfig
 from peft_core.prompt_learning.model import ComputedPrompt
@@ -34,8 +35,8 @@ class PrefixTuningConfig(PromptLearningConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.encoder_hidden_size is not None and (not isinstance(self.encoder_hidden_size, int) or self.encoder_hidden_size < 1):
-            raise ValueError(f"encoder_hidden_size must be a positive whole number; got {self.encoder_hidden_size!r}")
+        if self.encoder_hidden_size is not None:
+            positive_int("encoder_hidden_size", self.encoder_hidden_size)
 
     def fitted_to(self, model: nn.Module) -> PrefixTuningConfig:
         """Keys and values have the attention's own sizes, which differ from the hidden size

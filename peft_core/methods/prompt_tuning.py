@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 
 from peft_core.config import PeftType, TaskType, config_field
+from peft_core.config_errors import ConfigError, bad
 from peft_core.prompt_learning import DirectPrompt, PromptLearningConfig
 from peft_core.prompt_learning.virtual_tokens import VirtualTokenModel
 from peft_core.registry import MethodSpec, register_method
@@ -45,10 +46,10 @@ class PromptTuningConfig(PromptLearningConfig):
         text = str(getattr(self.prompt_tuning_init, "value", self.prompt_tuning_init)).upper()
         if text not in choices.__members__:
             valid = ", ".join(choices.__members__)
-            raise ValueError(f"prompt_tuning_init must be one of {valid}; got {self.prompt_tuning_init!r}")
+            raise bad("one_of", "prompt_tuning_init", self.prompt_tuning_init, choices=valid)
         self.prompt_tuning_init = choices(text)
         if text == "TEXT" and not (self.prompt_tuning_init_text and self.tokenizer_name_or_path):
-            raise ValueError("prompt_tuning_init TEXT needs prompt_tuning_init_text and tokenizer_name_or_path")
+            raise ConfigError("text_init_needs_text")
 
 
 def initial_tokens(config: PromptTuningConfig, embeddings: torch.nn.Embedding, rows: int) -> torch.Tensor:

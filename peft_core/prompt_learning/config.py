@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from peft_core.config import PeftConfig, TaskType, config_field
+from peft_core.config_errors import positive_int
 
 
 @dataclass
@@ -30,9 +31,7 @@ class PromptLearningConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        n = self.num_virtual_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"num_virtual_tokens must be a positive whole number (e.g. 20); got {n!r}")
+        positive_int("num_virtual_tokens", self.num_virtual_tokens)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save) or None
 

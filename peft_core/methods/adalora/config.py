@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from peft_core import targets
 from peft_core.config import BIAS_CHOICES, PeftConfig, PeftType, config_field
+from peft_core.config_errors import ConfigError, bad
 
 logger = logging.getLogger(__name__)
 
@@ -96,45 +97,35 @@ class AdaLoraConfig(PeftConfig):
         self._check_schedule()
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
-            _require(_finite(value) and 0 < value < 1, name, value, "a number between 0 and 1 (exclusive), e.g. 0.85")
-        _require(_finite(self.orth_reg_weight) and self.orth_reg_weight >= 0, "orth_reg_weight", self.orth_reg_weight,
-                 "a number >= 0 (0.5 is usual; 0 turns the term off)")
-        _require(_finite(self.lora_alpha) and self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a positive number")
-        _require(_finite(self.lora_dropout) and 0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout,
-                 "at least 0 and below 1 (e.g. 0.05)")
-        _require(self.bias in BIAS_CHOICES, "bias", self.bias, f"one of {', '.join(BIAS_CHOICES)}")
-        _require(isinstance(self.init_lora_weights, bool), "init_lora_weights", self.init_lora_weights, "True or False")
+            _require(_finite(value) and 0 < value < 1, "between_0_and_1", name, value)
+        _require(_finite(self.orth_reg_weight) and self.orth_reg_weight >= 0, "non_negative_number",
+                 "orth_reg_weight", self.orth_reg_weight)
+        _require(_finite(self.lora_alpha) and self.lora_alpha > 0, "positive_number", "lora_alpha", self.lora_alpha)
+        _require(_finite(self.lora_dropout) and 0 <= self.lora_dropout < 1, "dropout", "lora_dropout",
+                 self.lora_dropout)
+        _require(self.bias in BIAS_CHOICES, "one_of", "bias", self.bias, choices=", ".join(BIAS_CHOICES))
+        _require(isinstance(self.init_lora_weights, bool), "true_or_false_flag", "init_lora_weights",
+                 self.init_lora_weights)
         self._check_targets()
         self.rank_pattern = _checked_pattern(self.rank_pattern, self.init_r)
 
     def _check_ranks(self) -> None:
-        _require(_whole(self.init_r) and self.init_r > 0, "init_r", self.init_r, "a positive whole number (e.g. 12)")
-        _require(_whole(self.target_r) and 0 < self.target_r <= self.init_r, "target_r", self.target_r,
-                 f"a whole number from 1 to init_r={self.init_r}")
+        _require(_whole(self.init_r) and self.init_r > 0, "rank", "init_r", self.init_r)
+        _require(_whole(self.target_r) and 0 < self.target_r <= self.init_r, "target_r", None, self.target_r,
+                 init_r=self.init_r)
         if self.r != UNUSED_R:
-            raise ValueError(
-                f"AdaLoRA does not use r (got r={self.r!r}); set init_r for the starting rank and target_r for "
-                f"the average rank after pruning"
-            )
+            raise bad("adalora_r", value=self.r)
 
     def _check_schedule(self) -> None:
         if self.total_step is None:
-            raise ValueError(
-                "total_step is required for AdaLoRA: set it to the number of optimizer steps training will run "
-                "(batches per epoch x epochs / gradient accumulation steps); the rank budget schedule is laid out "
-                "over it"
-            )
-        _require(_whole(self.total_step) and self.total_step > 0, "total_step", self.total_step,
-                 "a positive whole number of optimizer steps")
-        _require(_whole(self.tinit) and self.tinit >= 0, "tinit", self.tinit, "a whole number of steps >= 0")
-        _require(_whole(self.tfinal) and self.tfinal >= 0, "tfinal", self.tfinal, "a whole number of steps >= 0")
-        _require(_whole(self.deltaT) and self.deltaT > 0, "deltaT", self.deltaT, "a whole number of steps >= 1")
+            raise ConfigError("total_step_required")
+        _require(_whole(self.total_step) and self.total_step > 0, "positive_int", "total_step", self.total_step)
+        _require(_whole(self.tinit) and self.tinit >= 0, "steps_at_least", "tinit", self.tinit, low=0)
+        _require(_whole(self.tfinal) and self.tfinal >= 0, "steps_at_least", "tfinal", self.tfinal, low=0)
+        _require(_whole(self.deltaT) and self.deltaT > 0, "steps_at_least", "deltaT", self.deltaT, low=1)
         if self.tinit >= self.total_step - self.tfinal:
-            raise ValueError(
-                f"the schedule leaves no steps to prune ranks in: tinit={self.tinit} warm-up steps and tfinal="
-                f"{self.tfinal} final steps use up total_step={self.total_step}; tinit must be below total_step - "
-                f"tfinal = {self.total_step - self.tfinal}. Lower tinit or tfinal, or raise total_step"
-            )
+            raise ConfigError("no_steps_to_prune", tinit=self.tinit, tfinal=self.tfinal, total_step=self.total_step,
+                              room=self.total_step - self.tfinal)
 
     def _check_targets(self) -> None:
         self.target_modules = targets.names_or_regex("target_modules", self.target_modules)
@@ -145,11 +136,11 @@ class AdaLoraConfig(PeftConfig):
             layers = self.layers_to_transform
             layers = [layers] if isinstance(layers, int) else layers
             if not all(_whole(i) and i >= 0 for i in layers):
-                raise ValueError(f"layers_to_transform must be layer numbers >= 0; got {self.layers_to_transform!r}")
+                raise bad("layer_numbers", value=self.layers_to_transform)
             if isinstance(self.target_modules, str):
-                raise ValueError("layers_to_transform cannot be combined with a regular-expression target_modules")
+                raise ConfigError("layers_with_regex")
         elif self.layers_pattern:
-            raise ValueError("layers_pattern only has a meaning together with layers_to_transform")
+            raise ConfigError("layers_pattern_alone")
 
     @classmethod
     def _adapt_loaded_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -185,24 +176,18 @@ def _checked_pattern(pattern: Any, init_r: int) -> dict[str, list[bool]] | None:
     if pattern is None or pattern == {}:
         return None
     if not isinstance(pattern, dict):
-        raise ValueError(f"rank_pattern must map '<module path>.lora_E' to keep-flags; got {pattern!r}")
+        raise bad("keep_flags_map", value=pattern)
     checked: dict[str, list[bool]] = {}
     for key, flags in pattern.items():
         name = str(key)
         if not name.endswith(PATTERN_SUFFIX) and PATTERN_SUFFIX + "." in name:
             name = name[: name.rindex(PATTERN_SUFFIX) + len(PATTERN_SUFFIX)]  # PEFT's in-memory form
         if not name.endswith(PATTERN_SUFFIX):
-            raise ValueError(
-                f"rank_pattern key {key!r} does not name a layer's singular values ('<module path>.lora_E'); "
-                f"AdaLoRA's rank_pattern is written by training, not a per-module rank as in LoRA"
-            )
+            raise ConfigError("keep_flags_key", key=repr(key))
         if not isinstance(flags, (list, tuple)) or not all(isinstance(f, bool) for f in flags):
-            raise ValueError(f"rank_pattern[{key!r}] must be a list of true/false keep-flags, one per initial rank")
+            raise ConfigError("keep_flags_type", key=repr(key))
         if len(flags) != init_r:
-            raise ValueError(
-                f"rank_pattern[{key!r}] has {len(flags)} keep-flags but init_r is {init_r}; the pattern and "
-                f"init_r must come from the same adapter"
-            )
+            raise ConfigError("keep_flags_count", key=repr(key), count=len(flags), init_r=init_r)
         checked[name] = list(flags)
     return checked
 
@@ -215,6 +200,6 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _require(ok: bool, name: str, value: Any, wanted: str) -> None:
+def _require(ok: bool, code: str, name: str | None, value: Any, **params: Any) -> None:
     if not ok:
-        raise ValueError(f"{name} must be {wanted}; got {value!r}")
+        raise bad(code, name, value, **params)

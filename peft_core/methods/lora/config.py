@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from peft_core import targets
 from peft_core.config import BIAS_CHOICES, PeftConfig, PeftType, config_field
+from peft_core.config_errors import ConfigError, bad, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -64,20 +65,19 @@ class LoraConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"r must be a positive whole number (the LoRA rank, e.g. 8); got {self.r!r}")
+        positive_int("r", self.r, "rank")
         if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or not (
             math.isfinite(self.lora_alpha) and self.lora_alpha > 0
         ):
-            raise ValueError(f"lora_alpha must be a positive number (e.g. 16); got {self.lora_alpha!r}")
+            raise bad("positive_number", "lora_alpha", self.lora_alpha)
         if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be at least 0 and below 1 (e.g. 0.05); got {self.lora_dropout!r}")
+            raise bad("dropout", "lora_dropout", self.lora_dropout)
         if self.bias not in BIAS_CHOICES:
-            raise ValueError(f"bias must be one of {', '.join(BIAS_CHOICES)}; got {self.bias!r}")
+            raise bad("one_of", "bias", self.bias, choices=", ".join(BIAS_CHOICES))
         if self.init_lora_weights not in INIT_CHOICES or self.init_lora_weights in (0, 1) and not isinstance(
             self.init_lora_weights, bool
         ):
-            raise ValueError(f"init_lora_weights must be True, False or 'gaussian'; got {self.init_lora_weights!r}")
+            raise bad("init_lora_weights", value=self.init_lora_weights)
         self.target_modules = targets.names_or_regex("target_modules", self.target_modules)
         self.exclude_modules = targets.names_or_regex("exclude_modules", self.exclude_modules)
         if self.modules_to_save is not None:
@@ -85,16 +85,15 @@ class LoraConfig(PeftConfig):
         if self.layers_to_transform is not None:
             layers = [self.layers_to_transform] if isinstance(self.layers_to_transform, int) else self.layers_to_transform
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
-                raise ValueError(f"layers_to_transform must be layer numbers >= 0; got {self.layers_to_transform!r}")
+                raise bad("layer_numbers", value=self.layers_to_transform)
             if isinstance(self.target_modules, str):
-                raise ValueError("layers_to_transform cannot be combined with a regular-expression target_modules")
+                raise ConfigError("layers_with_regex")
         elif self.layers_pattern:
-            raise ValueError("layers_pattern only has a meaning together with layers_to_transform")
+            raise ConfigError("layers_pattern_alone")
         if self.use_dora and self.lora_bias:
-            raise ValueError("use_dora and lora_bias cannot be combined; turn one of them off")
+            raise ConfigError("dora_with_lora_bias")
         for key, rank in self.rank_pattern.items():
-            if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-                raise ValueError(f"rank_pattern[{key!r}] must be a positive whole number; got {rank!r}")
+            positive_int(f"rank_pattern[{key!r}]", rank)
 
     @classmethod
     def _adapt_loaded_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
