@@ -22,10 +22,15 @@ from peft_core.data.examples import (
     TextExample,
     TokenTagsExample,
 )
+from peft_core.data.reasons import Reason, kind_of
 
 
 class Drop(Exception):
-    """This row cannot be used; the message says why."""
+    """This row cannot be used; ``reason`` (a `Reason`, its English the message) says why."""
+
+    def __init__(self, code: str, **params: object) -> None:
+        self.reason = Reason(code, **params)
+        super().__init__(str(self.reason))
 
 
 @dataclass(frozen=True)
@@ -49,24 +54,17 @@ _ROLES = {
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
-def _kind_of(value: object) -> str:
-    if value is None:
-        return "null"
-    names = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}
-    return names.get(type(value), f"a {type(value).__name__}")
-
-
 def text_field(record: dict, key: str, allow_empty: bool = False) -> str:
     """The string in ``record[key]``; missing, non-string or (unless allowed) blank values drop the row."""
     if key not in record:
-        raise Drop(f"has no {key}")
+        raise Drop("missing_field", key=key)
     value = record[key]
     if value is None:  # null in JSON, a missing value in Parquet
-        raise Drop(f"{key} is empty")
+        raise Drop("empty_field", key=key)
     if not isinstance(value, str):
-        raise Drop(f"{key} is {_kind_of(value)}, not text")
+        raise Drop("not_text", key=key, kind=kind_of(value))
     if not allow_empty and not value.strip():
-        raise Drop(f"{key} is empty")
+        raise Drop("empty_field", key=key)
     return value
 
 
@@ -78,13 +76,13 @@ def label_text(value: object, key: str) -> str:
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise Drop(f"{key} is not a finite number")
+            raise Drop("not_finite", key=key)
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, str):
         if not value.strip():
-            raise Drop(f"{key} is empty")
+            raise Drop("empty_field", key=key)
         return value.strip()
-    raise Drop(f"{key} is {_kind_of(value)}, not a label")
+    raise Drop("not_label", key=key, kind=kind_of(value))
 
 
 def is_number_label(label: str) -> bool:
@@ -108,24 +106,24 @@ class LabelKinds:
 
 def _chat(turns: object, key: str, system: str = "") -> ChatExample:
     if not isinstance(turns, list):
-        raise Drop(f"{key} is {_kind_of(turns)}, not a list of messages")
+        raise Drop("not_message_list", key=key, kind=kind_of(turns))
     if not turns:
-        raise Drop(f"{key} is an empty list")
+        raise Drop("empty_list", key=key)
     messages = []
     for turn in turns:
         if not isinstance(turn, dict):
-            raise Drop(f"a message in {key} is {_kind_of(turn)}, not an object with role and content")
+            raise Drop("message_not_object", key=key, kind=kind_of(turn))
         role = turn.get("role", turn.get("from"))
         content = turn.get("content", turn.get("value"))
         if role not in _ROLES:
-            raise Drop(f"a message has the role {role!r}; only system, user and assistant (or human, gpt) are used")
+            raise Drop("unknown_role", role=repr(role))
         if not isinstance(content, str):
-            raise Drop(f"a message's content is {_kind_of(content)}, not text")
+            raise Drop("content_not_text", kind=kind_of(content))
         messages.append(Message(_ROLES[role], content))
     if system.strip() and messages[0].role != "system":
         messages.insert(0, Message("system", system))
     if not any(message.role == "assistant" and message.content.strip() for message in messages):
-        raise Drop("the conversation has no assistant turn to learn from")
+        raise Drop("no_assistant_turn")
     return ChatExample(tuple(messages))
 
 
@@ -133,13 +131,13 @@ def _alpaca(record: dict) -> ChatExample:
     instruction = text_field(record, "instruction")
     extra = record.get("input")
     if extra is not None and not isinstance(extra, str):
-        raise Drop(f"input is {_kind_of(extra)}, not text")
+        raise Drop("not_text", key="input", kind=kind_of(extra))
     output = text_field(record, "output")
     system = record.get("system") if isinstance(record.get("system"), str) else ""
     turns = [{"role": "system", "content": system}] if system.strip() else []
     for pair in record.get("history") or []:  # earlier [question, answer] turns, as LLaMA-Factory writes them
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
-            raise Drop("history must be a list of [question, answer] pairs of text")
+            raise Drop("bad_history")
         turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
     turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
@@ -148,13 +146,13 @@ def _alpaca(record: dict) -> ChatExample:
 
 def _messages(record: dict) -> ChatExample:
     if "messages" not in record:
-        raise Drop("has no messages")
+        raise Drop("missing_field", key="messages")
     return _chat(record["messages"], "messages")
 
 
 def _sharegpt(record: dict) -> ChatExample:
     if "conversations" not in record:
-        raise Drop("has no conversations")
+        raise Drop("missing_field", key="conversations")
     system = record.get("system") if isinstance(record.get("system"), str) else ""
     return _chat(record["conversations"], "conversations", system)
 
@@ -169,24 +167,24 @@ def _text(record: dict) -> TextExample:
 
 def _classification(record: dict) -> LabeledTextExample:
     if record.get("label") is None:
-        raise Drop("label is empty")
+        raise Drop("empty_field", key="label")
     return LabeledTextExample(text_field(record, "text"), label_text(record["label"], "label"))
 
 
 def _word_list(record: dict, key: str, convert: Callable[[object, str], str]) -> tuple[str, ...]:
     value = record.get(key)
     if not isinstance(value, list):
-        raise Drop(f"{key} is {_kind_of(value)}, not a list")
+        raise Drop("not_list", key=key, kind=kind_of(value))
     if not value:
-        raise Drop(f"{key} is an empty list")
+        raise Drop("empty_list", key=key)
     return tuple(convert(item, key) for item in value)
 
 
 def _token(value: object, key: str) -> str:
     if not isinstance(value, str):
-        raise Drop(f"a token in {key} is {_kind_of(value)}, not text")
+        raise Drop("token_not_text", key=key, kind=kind_of(value))
     if not value.strip():
-        raise Drop(f"a token in {key} is empty")
+        raise Drop("empty_token", key=key)
     return value
 
 
@@ -194,7 +192,7 @@ def _token_classification(record: dict) -> TokenTagsExample:
     tokens = _word_list(record, "tokens", _token)
     tags = _word_list(record, "tags", label_text)
     if len(tokens) != len(tags):
-        raise Drop("tokens and tags have different lengths")
+        raise Drop("tokens_tags_lengths")
     return TokenTagsExample(tokens, tags)
 
 

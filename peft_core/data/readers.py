@@ -26,6 +26,7 @@ from pathlib import Path
 
 from peft_core.data.errors import DataError, human_size
 from peft_core.data.hub_datasets import is_dataset_reference, load_rows, numbered
+from peft_core.data.reasons import Reason
 
 READABLE = {
     ".csv": "CSV",
@@ -53,8 +54,8 @@ _SNIFF = 8192
 _BLOCK = 1 << 20
 
 
-class Skip(str):
-    """A row the reader could not turn into a record; the string says why."""
+class Skip(Reason):
+    """A row the reader could not turn into a record; the reason says why."""
 
 
 Row = tuple[int, "dict | Skip"]  # (1-based line or row number, record or reason)
@@ -230,7 +231,7 @@ def _describe(value: object) -> str:
 def _as_record(value: object) -> dict | Skip:
     if isinstance(value, dict):
         return value
-    return Skip(f"is a JSON {_json_type(value)}, not an object with named fields")
+    return Skip("json_not_object", what=_json_type(value))
 
 
 def _json_type(value: object) -> str:
@@ -297,7 +298,7 @@ def _csv_rows(path: Path, name: str, delimiter: str, header: list[str]) -> Itera
                 started = True
                 continue
             if len(cells) != len(header):
-                yield first_line, Skip(f"has {len(cells)} fields but the header has {len(header)}")
+                yield first_line, Skip("csv_fields", count=len(cells), header=len(header))
             else:
                 yield first_line, dict(zip(header, cells))
 

@@ -133,12 +133,12 @@ def _convert(table: Table, spec: TextFormat, mapping: dict[str, str]) -> tuple[l
     labels = LabelKinds(table.name, table.unit)
     for number, record in table.rows():
         if isinstance(record, Skip):
-            dropped.append(DroppedRow(number, str(record)))
+            dropped.append(DroppedRow(number, record))
             continue
         try:
             example = spec.convert(_renamed(record, mapping))
-        except Drop as reason:
-            dropped.append(DroppedRow(number, str(reason)))
+        except Drop as drop:
+            dropped.append(DroppedRow(number, drop.reason))
             continue
         if spec.labels is not None:
             labels.add(spec.labels(example), number)

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from peft_core.data import load_instance_images
+from peft_core.data.reasons import Reason
 from peft_core.tasks.base import DataReport, Features, Task
 
 
@@ -80,10 +81,10 @@ class DreamBoothTask(Task):
         for reason in skipped:
             report.dropped[reason] = report.dropped.get(reason, 0) + 1
         captions = sum(e["prompt"] != self.settings.instance_prompt for e in examples)
-        report.notes.append(f"{captions} of {len(examples)} images have their own caption" if captions
-                            else f"every image is trained with the prompt {self.settings.instance_prompt!r}")
+        report.notes.append(Reason("own_captions", captions=captions, images=len(examples)) if captions
+                            else Reason("one_prompt", prompt=repr(self.settings.instance_prompt)))
         if len(examples) < 3 or len(examples) > 30:
-            report.notes.append(f"{len(examples)} images: DreamBooth works best with 3 to 30")
+            report.notes.append(Reason("image_count", images=len(examples)))
         self.report = report
         return examples, None
 

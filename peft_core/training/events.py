@@ -103,6 +103,7 @@ class DoneEvent:
     error: str | None = None
     error_code: str | None = None
     advice: list[str] | None = None
+    advice_keys: list[dict] | None = None  # the advice as Phrase.to_dict()s, for the Studio to translate
     time: float | None = _time()
 
 

@@ -311,4 +311,4 @@ def _activation_bytes(facts: ModelFacts, settings: dict[str, Any], seq: int, not
 
 
 # What to change when a run does not fit (kept apart; part of this module's API).
-from peft_core.training.memory_advice import Suggestion, fits, oom_advice, suggest_changes  # noqa: F401
+from peft_core.training.memory_advice import Advice, Suggestion, fits, oom_advice, suggest_changes  # noqa: F401

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from peft_core.data.reasons import REASONS, Reason
 from peft_core.peft_model import get_peft_model
 from peft_core.run_config import RunConfig
 from peft_core.tasks import DataReport, Task, make_task
@@ -30,8 +31,7 @@ logger = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
 CONFIG_FILE = "config.yaml"
-REMOTE_CODE_WARNING = ("trust_remote_code is on: code from the repository of {model} runs in the training "
-                       "process; turn it off unless you have read that code and trust it")
+REMOTE_CODE_WARNING = REASONS["remote_code"]  # Reason("remote_code", model=...) carries its code too
 
 
 def encode_all(task: Task, examples: list[Any]) -> list[dict]:
@@ -40,9 +40,8 @@ def encode_all(task: Task, examples: list[Any]) -> list[dict]:
     for example in examples:
         features = task.encode(example)
         if features is None:
-            task.report.dropped["nothing left to train after truncation"] = (
-                task.report.dropped.get("nothing left to train after truncation", 0) + 1
-            )
+            reason = Reason("nothing_to_train")
+            task.report.dropped[reason] = task.report.dropped.get(reason, 0) + 1
         else:
             rows.append(features)
     return rows
@@ -118,7 +117,7 @@ def _estimate_kwargs(config: RunConfig, precision: str, device: torch.device) ->
     }
 
 
-def _oom_advice(config: RunConfig, precision: str, device: torch.device) -> list[str]:
+def _oom_advice(config: RunConfig, precision: str, device: torch.device) -> list[memory.Advice]:
     """Concrete changes that would fit, each with its estimate (plain advice if the model cannot be built)."""
     available = memory.device_memory_gb()[1]
     kwargs = _estimate_kwargs(config, precision, device)
@@ -223,7 +222,8 @@ def train(
         done = trainer.fit()
     except torch.OutOfMemoryError:
         advice = _oom_advice(config, precision, device)
-        done = DoneEvent(status="failed", output_dir=run_dir, error="out of memory", error_code="oom", advice=advice)
+        done = DoneEvent(status="failed", output_dir=run_dir, error="out of memory", error_code="oom", advice=advice,
+                         advice_keys=[line.to_dict() for line in advice])
     except (ValueError, OSError, FloatingPointError) as exc:
         done = DoneEvent(status="failed", output_dir=run_dir, error=str(exc), error_code=getattr(exc, "code", None))
     except Exception as exc:  # a bug: keep the trace in the log, the message in the event
