@@ -126,7 +126,7 @@ def message(exc: BaseException, lang: str = "en") -> str:
     key = error_key(exc)
     if key is not None:
         try:
-            text = t(key, lang, **exc.params)  # type: ignore[attr-defined]
+            text = _fill(key, lang, exc.params)  # type: ignore[attr-defined]
         except (KeyError, IndexError, ValueError):  # a translation naming a param the error lacks
             text = str(exc)
     else:
@@ -135,6 +135,29 @@ def message(exc: BaseException, lang: str = "en") -> str:
     if advice:
         text += "\n" + "\n".join(f"- {line}" for line in advice)
     return text
+
+
+def say(text: Any, lang: str = "en") -> str:
+    """Engine text in ``lang``: a ``Phrase`` (or its ``to_dict()`` from a log) by its key and params, translated
+    all the way down (a list param is joined with "; "); anything else, or a key the tables lack, as written."""
+    if isinstance(text, list):
+        return "; ".join(say(item, lang) for item in text)
+    key, params = getattr(text, "key", None), getattr(text, "params", None)
+    if isinstance(text, dict) and "key" in text:
+        key, params = text["key"], text.get("params") or {}
+    if not isinstance(key, str) or not isinstance(params, dict) or key not in tables()["en"]:
+        return text if isinstance(text, str) else str(text)
+    try:
+        return _fill(key, lang, params)
+    except (KeyError, IndexError, ValueError):  # a translation naming a param the text lacks
+        return str(text)
+
+
+def _fill(key: str, lang: str, params: dict[str, Any]) -> str:
+    """``t`` for engine params, which may be phrases themselves or be called ``key`` or ``lang``."""
+    table = tables()
+    template = table.get(normalize(lang), {}).get(key) or table["en"][key]
+    return template.format(**{name: say(value, lang) for name, value in params.items()})
 
 
 _LTR_RUN = re.compile(r"(`[^`\n]+`)")

@@ -8,7 +8,8 @@ text or a new error code is noticed (and then translated in ``engine.zh.yaml`` a
 * ``help.<Class>.<field>``: a config field's ``help``, under the dataclass that declares the field
   (so LoHa and LoKr share the fields of ``LycorisConfig``);
 * ``error.<ErrorClass>.<code>``: the message template of an engine error with a stable code;
-* ``card.<name>``: a heading of the run's model card (``model_card.HEADINGS``).
+* ``card.<name>``: a heading of the run's model card (``model_card.HEADINGS``);
+* ``<prefix>.<code>``: a ``peft_core.phrases.Phrase`` (advice, a data report's reasons and notes).
 """
 
 from __future__ import annotations
@@ -78,6 +79,24 @@ def error_strings() -> dict[str, str]:
     return out
 
 
+def phrase_classes() -> list[type]:
+    """Every ``Phrase`` subclass (their modules imported here, so none is missed)."""
+    import peft_core.data.reasons
+    import peft_core.training.memory_advice  # noqa: F401
+    from peft_core.phrases import Phrase
+
+    found, pending = [], list(Phrase.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        pending += cls.__subclasses__()
+        found.append(cls)
+    return found
+
+
+def phrase_strings() -> dict[str, str]:
+    return {f"{cls.prefix}.{code}": text for cls in phrase_classes() for code, text in cls.messages.items()}
+
+
 def card_strings() -> dict[str, str]:
     from peft_core.model_card import HEADINGS
 
@@ -86,7 +105,7 @@ def card_strings() -> dict[str, str]:
 
 def engine_strings() -> dict[str, str]:
     """All of the engine's English the UI shows, by key (what ``engine.en.yaml`` holds)."""
-    return {**help_strings(), **error_strings(), **card_strings()}
+    return {**help_strings(), **error_strings(), **phrase_strings(), **card_strings()}
 
 
 def card_headings(lang: str) -> dict[str, str]:

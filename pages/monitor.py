@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from pages import common
-from pages.i18n import lang_of, t, tables, tr
+from pages.i18n import lang_of, say, t, tables, tr
 from peft_core.training.events import DoneEvent, EstimateEvent, EvalEvent, LogEvent, SampleEvent, StepEvent
 
 PLOT_COLUMNS = ["step", "value", "series"]
@@ -84,7 +84,7 @@ def snapshot(job_id: str, owner: str, lang: str = "en") -> RunView:
             view.finished, done = True, event
             lines.append(t("log.done", lang, status=t(f"state.{event.status}", lang))
                          + (f": {_done_error(event, lang)}" if event.error else ""))
-            lines += [f"  - {advice}" for advice in event.advice or []]
+            lines += [f"  - {say(advice, lang)}" for advice in event.advice_keys or event.advice or []]
     view.loss, view.lr, view.memory = _frame(loss), _frame(lr), _frame(memory)
     state = t(f"state.{status.state}", lang)
     if status.state == "queued":

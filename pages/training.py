@@ -18,7 +18,7 @@ import gradio as gr
 
 from pages import common, monitor
 from pages.forms import form_fields, method_settings, to_settings, widgets_in_rows
-from pages.i18n import PageError, lang_of, t, tr
+from pages.i18n import PageError, lang_of, say, t, tr
 from peft_core import list_methods
 from peft_core.config import TaskType
 from peft_core.data import TEXT_FORMATS
@@ -110,23 +110,25 @@ def config_from_form(task: str, model: str, method: str, method_values: list, da
 
 def check_run(config: RunConfig, lang: str = "en") -> str:
     """Markdown: the data report, what trains, and whether it fits in memory here (in ``lang``)."""
+    from peft_core.data.reasons import Reason
     from peft_core.training import memory
-    from peft_core.training.run import REMOTE_CODE_WARNING, estimate, validate
+    from peft_core.training.run import estimate, validate
 
     report = validate(config)
     parts = [t("report.data", lang, source=report.source),
              t("report.counts", lang, format=report.format, rows=report.rows, used=report.used, eval=report.eval_rows)]
     if config.model.trust_remote_code:
-        parts.insert(0, t("report.warning", lang) + " " + REMOTE_CODE_WARNING.format(model=config.model.name_or_path))
+        warning = Reason("remote_code", model=config.model.name_or_path)
+        parts.insert(0, t("report.warning", lang) + " " + say(warning, lang))
     for reason, count in report.dropped.items():
-        parts.append(t("report.left_out", lang, count=count, reason=reason))
+        parts.append(t("report.left_out", lang, count=count, reason=say(reason, lang)))
     if report.labels:
         parts.append(t("report.labels", lang, labels=", ".join(f"{k} ({v})" for k, v in report.labels.items())))
     if report.max_length:
         parts.append(t("report.truncated", lang, max_length=report.max_length, count=report.truncated))
         bins = [b for b in report.length_histogram if b[2]]
         parts.append("\n".join(f"`{low:>5}-{high:<5}` {'█' * min(count, 40)} {count}" for low, high, count in bins))
-    parts += [f"- {note}" for note in report.notes]
+    parts += [f"- {say(note, lang)}" for note in report.notes]
     for index in range(min(2, len(report.examples))):
         parts.append(t("report.example", lang, n=index + 1) + f"\n```\n{report.marked(index)}\n```")
     if config.task != "dreambooth":
@@ -140,7 +142,7 @@ def check_run(config: RunConfig, lang: str = "en") -> str:
         result = estimate(config)
         device, available = memory.device_memory_gb()
         ok, advice = memory.fits(result, available)
-        verdict = t("report.fits", lang) if ok else t("report.does_not_fit", lang, advice="; ".join(advice))
+        verdict = t("report.fits", lang) if ok else t("report.does_not_fit", lang, advice=say(advice, lang))
         parts.append(t("report.memory", lang, gb=f"{result.total_gb:.2f}", device=device, available=f"{available:.1f}",
                        verdict=verdict))
     return "\n\n".join(parts)
