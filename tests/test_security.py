@@ -76,6 +76,21 @@ def test_a_shared_studio_reads_no_server_paths_and_runs_no_remote_code(shared, t
     assert not list(shared.glob("u-*/*"))  # nothing was started
 
 
+def test_a_check_writes_nothing_where_the_config_points(shared, tmp_path, model_dirs):
+    """Check unpacks an uploaded ZIP of images into a scratch folder, never into the output_dir a request names."""
+    import shutil
+
+    archive = shutil.make_archive(str(tmp_path / "shapes"), "zip", SAMPLES / "shapes")
+    target = tmp_path / "not-yours"
+    text = yaml.safe_dump({
+        "task": "image_cls", "model": {"name_or_path": model_dirs["vit"]}, "method": {"name": "lora", "r": 4},
+        "data": {"train": "uploaded"}, "training": {"output_dir": str(target), "max_steps": 2},
+    })
+    common.configure(tmp_path / "runs", single_user=True)  # a local model folder: single-user mode
+    report = api.check_config(text, "", {"path": archive})
+    assert "shapes" in report and not target.exists()
+
+
 def test_trust_remote_code_is_off_by_default_and_warned_about_when_on(model_dirs, tmp_path):
     assert config(model_dirs).model.trust_remote_code is False
     common.configure(tmp_path / "runs", single_user=True)

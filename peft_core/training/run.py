@@ -9,9 +9,11 @@ and ``estimate(config)`` the memory estimate without loading any weights.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import tempfile
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -48,8 +50,14 @@ def encode_all(task: Task, examples: list[Any]) -> list[dict]:
 
 
 def validate(config: RunConfig) -> DataReport:
-    """Read and encode the data exactly as training would, and report on it (no model is loaded)."""
-    task, _, _ = _read_and_encode(config)
+    """Read and encode the data exactly as training would, and report on it (no model is loaded).
+
+    Nothing is written to the run's folder: a ZIP of images is unpacked into a
+    scratch folder that is removed afterwards (a check may name any folder).
+    """
+    with tempfile.TemporaryDirectory(prefix="peft-studio-check-") as scratch:
+        scratch_run = dataclasses.replace(config.training, output_dir=scratch)
+        task, _, _ = _read_and_encode(dataclasses.replace(config, training=scratch_run))
     return task.report
 
 
