@@ -29,6 +29,16 @@ def zip_folder(folder: Path) -> Path:
     return archive
 
 
+def own_finished_run(owner_token: str, run_dir: str | None) -> str:
+    """``run_dir`` if it is one of the caller's finished runs (a crafted request may name any folder)."""
+    if not run_dir:
+        raise PageError("error.choose_finished_run")
+    allowed = {path for _, path in finished_runs(common.owner_of(owner_token))}
+    if run_dir not in allowed:
+        raise PageError("error.not_your_run")
+    return run_dir
+
+
 def build(owner_state: gr.State) -> None:
     with gr.Tab(tr("tab.publish"), elem_id="tab-publish"):
         gr.Markdown(tr("publish.intro"))
@@ -52,18 +62,10 @@ def build(owner_state: gr.State) -> None:
         refresh.click(lambda t: gr.Dropdown(choices=finished_runs(common.owner_of(t))), owner_state, run,
                       api_name=False)
 
-        def mine(owner_token: str, run_dir: str | None) -> str:
-            if not run_dir:
-                raise PageError("error.choose_finished_run")
-            allowed = {path for _, path in finished_runs(common.owner_of(owner_token))}
-            if run_dir not in allowed:
-                raise PageError("error.not_your_run")
-            return run_dir
-
         def do_push(owner_token, run_dir, repo_id, hub_token, private_, card_lang_="en", request: gr.Request = None):
             lang = lang_of(request)
             try:
-                url = publish.push_run(mine(owner_token, run_dir), (repo_id or "").strip(), hub_token or None,
+                url = publish.push_run(own_finished_run(owner_token, run_dir), (repo_id or "").strip(), hub_token or None,
                                        private=bool(private_), headings=card_headings(card_lang_ or "en"))
             except (ValueError, OSError) as exc:
                 raise gr.Error(common.message(exc, lang)) from None
@@ -72,7 +74,7 @@ def build(owner_state: gr.State) -> None:
         def do_zip(owner_token, run_dir, card_lang_="en", request: gr.Request = None):
             lang = lang_of(request)
             try:
-                path = publish.zip_adapter(mine(owner_token, run_dir), tempfile.mkdtemp(prefix="peft-studio-zip-"),
+                path = publish.zip_adapter(own_finished_run(owner_token, run_dir), tempfile.mkdtemp(prefix="peft-studio-zip-"),
                                            headings=card_headings(card_lang_ or "en"))
             except (ValueError, OSError) as exc:
                 raise gr.Error(common.message(exc, lang)) from None
@@ -81,7 +83,7 @@ def build(owner_state: gr.State) -> None:
         def do_merge(owner_token, run_dir, request: gr.Request = None):
             lang = lang_of(request)
             try:
-                folder = publish.merge_run(mine(owner_token, run_dir), tempfile.mkdtemp(prefix="peft-studio-merged-"))
+                folder = publish.merge_run(own_finished_run(owner_token, run_dir), tempfile.mkdtemp(prefix="peft-studio-merged-"))
                 archive = zip_folder(folder)
             except (ValueError, OSError) as exc:
                 raise gr.Error(common.message(exc, lang)) from None

@@ -13,7 +13,7 @@ from hub_standin import HubStandIn
 from test_jobs import config, wait_for
 from tiny_runs import SAMPLES
 
-from pages import api, common, dreambooth, monitor, test_tab, training
+from pages import api, common, dreambooth, monitor, publish_tab, test_tab, training
 from peft_core import publish
 from peft_core.jobs import JobRunner
 from peft_core.training.events import LogEvent, read_events
@@ -61,6 +61,10 @@ def test_a_shared_session_sees_polls_stops_and_tests_only_its_own_runs(shared, t
     assert test_tab.finished_runs("bob-secret") == []  # what the Test and Publish tabs offer bob
     with pytest.raises(ValueError, match="not one of yours"):  # a run folder sent by a crafted request
         test_tab.load("bob-secret", str(run_dir), "", "", "")
+    for owner in ("bob-secret", ""):  # publish, ZIP and merge check the same list
+        with pytest.raises(ValueError):
+            publish_tab.own_finished_run(owner, str(run_dir))
+    assert publish_tab.own_finished_run("alice-secret", str(run_dir)) == str(run_dir)
     api.stop_run(other, "alice-secret")
 
 
