@@ -89,7 +89,8 @@ class DataSettings:
     columns: dict[str, str] = config_field({}, help="Map the format's column names to your file's.", ui=False)
     max_length: int = config_field(512, help="Longest example in tokens; longer ones are cut (the report counts them).")
     padding_free: bool = config_field(
-        True, help="Put each batch's examples end to end in one row: no compute on padding, the same steps and loss."
+        True, help="Put each batch's examples end to end in rows of about max_length tokens: no compute on padding, "
+        "the same steps and loss."
     )
     packing: bool = config_field(
         False, help="Pack the whole set into rows of max_length tokens: fewer, fuller steps per epoch."

@@ -4,8 +4,8 @@ Conversations go through the tokenizer's own chat template; only the
 assistant's turns are trained (the prompt tokens are masked from the loss).
 Without a template, instructions use a plain "### Instruction / ### Response"
 layout. Batches are padding-free by default (``data.padding_free``): each
-batch's examples go end to end in one row whose position ids restart at each
-example (``tasks/packed.py``), so the loss is that of padded batches with no
+batch's examples go end to end in rows of about ``max_length`` tokens whose
+position ids restart at each example (``tasks/packed.py``), so the loss is that of padded batches with no
 compute on padding; ``data.packing`` packs the whole set into full rows
 instead. The vocabulary projection runs only at trained positions (the
 model's ``logits_to_keep``), the same loss without the prompt's logits.
@@ -36,7 +36,7 @@ class CausalLMTask(TextTask):
     task_type = TaskType.CAUSAL_LM
     auto_class = "AutoModelForCausalLM"
     accepts: ClassVar[tuple[type, ...]] = (ChatExample, PromptCompletionExample, TextExample)
-    flat_batches = False  # set by build_model: each batch becomes one packed row (data.padding_free)
+    flat_batches = False  # set by build_model: each batch becomes a few packed rows (data.padding_free)
     selected_logits: bool | None = None  # logits only at trained positions; found on the first loss
 
     # -- encoding ------------------------------------------------------------------
@@ -136,7 +136,7 @@ class CausalLMTask(TextTask):
     # -- batches -----------------------------------------------------------------------
     def collate(self, features: list[Features]) -> dict[str, torch.Tensor]:
         if self.flat_batches:
-            features = flatten(features)
+            features = flatten(features, self.config.data.max_length)
         pad = self.processor.pad_token_id
         width = max(len(f["input_ids"]) for f in features)
         batch = {

@@ -8,8 +8,8 @@ on padding. Two ways use it:
 - ``pack`` (``data.packing``): the whole training set is packed once into
   rows of ``max_length`` tokens, so an epoch has fewer, fuller steps.
 - ``flatten`` (``data.padding_free``): each batch's own examples are put end
-  to end in one row, so the steps are those of padded training (the same
-  examples, the same loss) without the padding.
+  to end in a few rows of about ``max_length`` tokens, so the steps are those
+  of padded training (the same examples, the same loss) without the padding.
 
 Not every model honours restarting position ids, and prompt methods put
 their virtual tokens once per row; ``packing_problem`` finds out by running
@@ -19,6 +19,7 @@ the model on a tiny packed row against the same examples alone.
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import sys
 
@@ -63,11 +64,24 @@ def pack(features: list[Features], max_length: int, seed: int) -> list[Features]
     return packed
 
 
-def flatten(features: list[Features]) -> list[Features]:
-    """A batch as one row (already packed rows are left as they are)."""
+def flatten(features: list[Features], max_length: int) -> list[Features]:
+    """A batch as ``ceil(tokens / max_length)`` packed rows of near-equal length (packed rows are left as they are).
+
+    One row per ``max_length`` tokens keeps attention as cheap as in padded
+    batches (a row's cost grows with the square of its length); the longest
+    examples go first, each into the row with the fewest tokens so far, so the
+    rows come out nearly equal and little padding is left.
+    """
     if not features or "position_ids" in features[0]:
         return features
-    return [join(features)]
+    total = sum(len(f["input_ids"]) for f in features)
+    rows: list[list[Features]] = [[] for _ in range(max(1, math.ceil(total / max_length)))]
+    sizes = [0] * len(rows)
+    for f in sorted(features, key=lambda f: -len(f["input_ids"])):
+        emptiest = sizes.index(min(sizes))
+        rows[emptiest].append(f)
+        sizes[emptiest] += len(f["input_ids"])
+    return [join(row) for row in rows if row]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
