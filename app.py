@@ -13,7 +13,12 @@ import os
 import threading
 from pathlib import Path
 
-import gradio as gr
+# Gradio recomputes a pandas summary of its last 10,000 events after every event; with every open
+# page polling once a second that grew to most of a poll's cost. Summarise every 1,000 events instead.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "2000")
+
+import gradio as gr  # (reads the settings above when imported)
 
 from pages import api, common, dreambooth, i18n, publish_tab, test_tab, training
 from peft_core.presets import DEFAULT_LLM, resolve_model
