@@ -13,9 +13,10 @@ function over the same held-out rows: mean cross-entropy over completion tokens.
 - standard: this script with ``--side standard`` (chat template, prompt labels
   -100, ``peft.get_peft_model``, ``Trainer``, ``DataCollatorForSeq2Seq``
   padding to the longest); tokens/s = sum of attention_mask / ``trainer.train()``.
-- ours: ``python -m peft_core train config.yaml``, as a user runs it, without
-  and with ``data.packing``; tokens/s = real tokens (from the step events) /
-  elapsed_s of the last step event.
+- ours: ``python -m peft_core train config.yaml``, as a user runs it (defaults:
+  padding-free batches, logits only at trained positions); with ``--packing``
+  also a run with ``data.packing``. tokens/s = real tokens (from the step
+  events) / elapsed_s of the last step event.
 """
 
 from __future__ import annotations
@@ -270,11 +271,14 @@ def pick_ours(results: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run (~2 minutes) that still prints the result")
-    parser.add_argument("--no-packing", action="store_true", help="skip the peft_core run with data.packing")
+    parser.add_argument("--packing", action="store_true", help="also a peft_core run with data.packing (fewer, fuller steps)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of both sides (order of the batches, init)")
     parser.add_argument("--side", choices=["standard"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help="keep the data, logs, adapters and events in this folder (default: a temp one)")
     args = parser.parse_args()
     setup = QUICK if args.quick else FULL
+    global SEED
+    SEED = args.seed
     if args.side == "standard":
         return run_standard(Path(args.work), setup)
 
@@ -286,12 +290,13 @@ def main() -> None:
         work = Path(args.work).resolve() if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         _, _, held_out = write_data(work, setup)
-        rss = run_child([sys.executable, script, "--side", "standard", "--work", str(work)] + ["--quick"] * args.quick,
+        rss = run_child([sys.executable, script, "--side", "standard", "--work", str(work), "--seed", str(SEED)]
+                        + ["--quick"] * args.quick,
                         work / "standard.log")
         results["Trainer+peft"] = {**json.loads((work / "standard.json").read_text()), "steps": setup.steps,
                                    "rss_mib": rss,
                                    "eval_loss": eval_loss(work / "standard-adapter", "peft", held_out, setup)}
-        for name, packing in [("peft_core", False), ("peft_core packing", True)][:1 if args.no_packing else 2]:
+        for name, packing in [("peft_core", False), ("peft_core packing", True)][:2 if args.packing else 1]:
             folder = name.replace(" ", "-")
             config = write_config(work, setup, folder, packing)
             rss = run_child([sys.executable, "-m", "peft_core", "train", str(config)], work / f"{folder}.log")
@@ -303,7 +308,8 @@ def main() -> None:
 def report(results: dict[str, dict], setup: Setup, args: argparse.Namespace) -> None:
     import torch
 
-    print(f"command: python bench/trainer.py{' --quick' if args.quick else ''}{' --no-packing' * args.no_packing}")
+    print(f"command: python bench/trainer.py{' --quick' if args.quick else ''}{' --packing' * args.packing}"
+          f"{f' --seed {SEED}' if SEED else ''}")
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}; machine: {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"torch threads {torch.get_num_threads()}")
