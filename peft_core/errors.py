@@ -56,6 +56,15 @@ MESSAGES: dict[str, str] = {
     "method_task_mismatch": (
         "The method {method} cannot train the task {task}. Methods that can: {methods}. Pick one of them."
     ),
+    # packed rows (data.packing, data.padding_free)
+    "packing_prompt_method": (
+        "data.packing cannot be used with a prompt method: it adds its virtual tokens once per row, not once "
+        "per example. Set data.packing to false."
+    ),
+    "packing_attends_across": (
+        "data.packing cannot be used with {model}: it lets the examples of a packed row attend to each other. "
+        "Set data.packing to false."
+    ),
     # the app's limits
     "upload_too_large": (
         "{file} is {size}, above this Studio's upload limit of {limit}. Use a smaller file, or split the data."

@@ -93,13 +93,14 @@ class AttendsToEverything(nn.Module):
 
 
 def test_models_that_cannot_take_packed_rows_are_found(model_dirs, tmp_path):
-    assert "attend to each other" in packing_problem(AttendsToEverything())
+    problem = packing_problem(AttendsToEverything())
+    assert problem.code == "packing_attends_across" and "attend to each other" in str(problem)
     assert not keeps_selected_logits(AttendsToEverything())  # not transformers' slicing helper
     data = mixed_lengths(tmp_path)
     # prompt methods: virtual tokens once per row; packing is refused, padding-free quietly pads instead
     prompt = {"name": "prompt_tuning", "num_virtual_tokens": 4}
     packed = run_config("causal_lm", model_dirs["llama"], data, tmp_path / "a", method=prompt, data={"packing": True})
-    with pytest.raises(ValueError, match="data.packing cannot be used here: prompt methods add their virtual tokens"):
+    with pytest.raises(ValueError, match="data.packing cannot be used with a prompt method: it adds its virtual tokens"):
         task_and_model(packed)
     task, model, rows = task_and_model(run_config("causal_lm", model_dirs["llama"], data, tmp_path / "b", method=prompt))
     assert not task.flat_batches and task.groups_by_length and not keeps_selected_logits(model)

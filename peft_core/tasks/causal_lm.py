@@ -122,10 +122,10 @@ class CausalLMTask(TextTask):
         self.flat_batches = False
         if data.packing or data.padding_free:
             problem = packing_problem(model)
-            if problem and data.packing:
-                raise ValueError(f"data.packing cannot be used here: {problem}; set data.packing to false")
-            if problem:
-                logger.info("padded batches instead of padding-free ones: %s", problem)
+            if problem is not None and data.packing:
+                raise problem
+            if problem is not None:
+                logger.info("padded batches instead of padding-free ones (%s)", problem)
             self.flat_batches = data.padding_free and not data.packing and problem is None
         return model
 

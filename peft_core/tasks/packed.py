@@ -26,6 +26,7 @@ import sys
 import torch
 from torch import nn
 
+from peft_core.errors import RunError
 from peft_core.tasks.base import Features
 
 IGNORE = -100
@@ -96,11 +97,11 @@ def _uses_prompt_method(model: nn.Module) -> bool:
     return any(getattr(c, "is_prompt_learning", False) for c in configs.values())
 
 
-def packing_problem(model: nn.Module) -> str | None:
-    """Why packed rows would not give the loss of their examples apart with this model; None if they do."""
+def packing_problem(model: nn.Module) -> RunError | None:
+    """Why packed rows would not give the loss of their examples apart with this model (to raise or log); None if they do."""
     model = _unwrap(model)
     if _uses_prompt_method(model):
-        return "prompt methods add their virtual tokens once per row, not once per example"
+        return RunError("packing_prompt_method")
     device = next(model.parameters()).device
     first, second = list(range(3, 9)), list(range(11, 15))
     was_training = model.training
@@ -116,7 +117,7 @@ def packing_problem(model: nn.Module) -> str | None:
     scale = float(alone.abs().max()) + 1e-6
     if float((alone - packed).abs().max()) > 1e-2 * scale:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return f"{type(base).__name__} lets the examples of a packed row attend to each other"
+        return RunError("packing_attends_across", model=type(base).__name__)
     return None
 
 
