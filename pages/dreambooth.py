@@ -19,9 +19,8 @@ from pages.i18n import PageError, tr
 from pages.training import check_model_choice, run_actions
 from peft_core import list_methods
 from peft_core.presets import PRESETS
-from peft_core.run_config import DreamBoothSettings, RunConfig
+from peft_core.run_config import DreamBoothSettings, RunConfig, methods_for_task
 
-UNET_METHODS = ("lora", "loha", "lokr")
 DREAMBOOTH_FIELDS = form_fields(DreamBoothSettings)
 TRAINING = {"max_steps": 400, "batch_size": 1, "learning_rate": 1e-4, "save_steps": 100, "eval_steps": None}
 
@@ -85,7 +84,7 @@ def build(owner_state: gr.State) -> None:
                 checkpointing = gr.Checkbox(value=True, label="gradient_checkpointing", interactive=True)
                 optimizer = gr.Dropdown(choices=["adamw", "adamw_8bit"], value="adamw_8bit", label="optimizer",
                                         interactive=True)
-            method = gr.Dropdown(choices=[(s.title, s.name) for s in list_methods() if s.name in UNET_METHODS],
+            method = gr.Dropdown(choices=[(s.title, s.name) for s in methods_for_task("dreambooth")],
                                  value="lora", label=tr("db.method"))
 
             @gr.render(inputs=method)
