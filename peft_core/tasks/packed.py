@@ -86,10 +86,10 @@ def flatten(features: list[Features], max_length: int) -> list[Features]:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP / FSDP / DeepSpeed wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
+    """The model inside DDP / FSDP / DeepSpeed wrappers (accelerate's own unwrapping)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model)
 
 
 def _uses_prompt_method(model: nn.Module) -> bool:
