@@ -39,12 +39,22 @@ CLIENTS = 20
 POLLS = 12  # per client, after WARM_UP
 WARM_UP = 3
 INTERVAL = 1.0  # seconds between one client's polls: the Studio's monitor polls once a second (gr.Timer(1.0))
-CONFIG = yaml.safe_dump({
-    "task": "seq2seq", "model": {"name_or_path": "tiny-t5-random"}, "method": {"name": "lora", "r": 4},
-    "data": {"train": "uploaded", "max_length": 32},
-    "training": {"output_dir": "ignored", "max_steps": 400, "batch_size": 2, "eval_steps": None,
-                 "save_steps": None, "lr_scheduler": "constant", "learning_rate": 1e-3},
-})
+
+
+def run_config(max_steps: int) -> str:
+    return yaml.safe_dump({
+        "task": "seq2seq", "model": {"name_or_path": "tiny-t5-random"}, "method": {"name": "lora", "r": 4},
+        "data": {"train": "uploaded", "max_length": 32},
+        "training": {"output_dir": "ignored", "max_steps": max_steps, "batch_size": 2, "eval_steps": None,
+                     "save_steps": None, "lr_scheduler": "constant", "learning_rate": 1e-3},
+    })
+
+
+CONFIG = run_config(400)  # the queued clients' runs (they leave the line before starting)
+# The run that trains under load must outlast the test (which stops it): if it ended while the clients polled,
+# every queued run would move up a place between two polls of the same position. With a constant learning rate
+# its first steps are those of a shorter run, so its loss curve is compared with a run of its own length alone.
+MAIN_CONFIG = run_config(100_000)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +114,7 @@ def test_twenty_clients_queue_and_poll_while_a_run_trains(server, tmp_path):
     url, _ = server
     data = handle_file(str(SAMPLES / "seq2seq.jsonl"))
     main = Client(url, verbose=False)
-    job = main.predict(CONFIG, "trainer", data, api_name="/start_run")
+    job = main.predict(MAIN_CONFIG, "trainer", data, api_name="/start_run")
     deadline = time.time() + 120
     while (now := status(main, job, "trainer"))["step"] < 2 and time.time() < deadline:
         time.sleep(0.2)
@@ -139,8 +149,10 @@ def test_twenty_clients_queue_and_poll_while_a_run_trains(server, tmp_path):
             # gradio_client costs ~100 ms of this process's CPU a call (20 clients would measure themselves,
             # not the server, on 2 shared cores): it polls once each after the timed polls, and must agree
             start = time.perf_counter()
-            assert status(client, mine, token)["queue_position"] == seen["queue_position"]
+            through_client = status(client, mine, token)["queue_position"]
             client_times.append(time.perf_counter() - start)
+            together.wait()  # nobody leaves the line (which moves those behind) before everyone has read it
+            assert through_client == seen["queue_position"]
             with lock:
                 latencies.extend(times)
                 client_latencies.extend(client_times)
