@@ -17,6 +17,19 @@ LOCALES = {"en": "en-US", "zh": "zh-CN", "ar": "ar"}
 KEY = re.compile(r"\b(?:help|error|card|tab|task|train|report|monitor|test|publish|db|plot|progress|state|log|app|form)"
                  r"\.[A-Za-z_]+(?:\.[A-Za-z_]+)?\b")
 
+# Where each dropdown's text may run (its box less its end padding) and where its arrow starts, on the LLM tab.
+DROPDOWN_TEXT_AND_ARROW = """() => {
+  const boxes = [...document.querySelectorAll('#tab-llm .wrap-inner .secondary-wrap input')].map(input => {
+    const arrow = input.closest('.wrap-inner').querySelector('.icon-wrap');
+    if (!arrow) return null;
+    const text = input.getBoundingClientRect(), style = getComputedStyle(input);
+    return {value: input.value, text_right: text.right - parseFloat(style.paddingRight),
+            arrow_left: arrow.getBoundingClientRect().left};
+  }).filter(Boolean);
+  if (!boxes.length) throw new Error('no dropdown with an arrow found on the LLM tab');
+  return boxes;
+}"""
+
 
 def test_each_language_renders_without_raw_keys(server):  # noqa: F811 (the fixture imported above)
     from playwright.sync_api import expect, sync_playwright
@@ -42,6 +55,8 @@ def test_each_language_renders_without_raw_keys(server):  # noqa: F811 (the fixt
             for name in ("tab.vision", "tab.test", "tab.publish", "train.start", "monitor.no_run"):
                 assert tables()[lang][name].split("\n")[0] in text, (lang, name)
             assert tables()[lang]["help.TrainingSettings.learning_rate"] in text  # help from the config, translated
+            for box in page.evaluate(DROPDOWN_TEXT_AND_ARROW):  # a long choice (the task names) is cut, not overlapped
+                assert box["text_right"] <= box["arrow_left"] + 1, (lang, box)
             direction = page.evaluate("getComputedStyle(document.body).direction")
             assert direction == ("rtl" if lang == "ar" else "ltr"), (lang, direction)
             SHOTS.mkdir(parents=True, exist_ok=True)
