@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 from test_browser import ARGS, CHROMIUM, SHOTS, server  # noqa: F401 (server is the fixture used below)
 
@@ -47,7 +46,9 @@ def test_each_language_renders_without_raw_keys(server):  # noqa: F811 (the fixt
             llm = tables()[lang]["tab.llm"]
             expect(page.get_by_role("tab", name=llm)).to_be_visible(timeout=90_000)
             page.locator("#tab-llm").get_by_text(tables()[lang]["train.hyperparameters"]).first.click()
-            time.sleep(1.5)  # the method form renders after the page
+            # the method form and its buttons are drawn by gr.render after the page: wait for them, not for a time
+            start = page.locator("#tab-llm").get_by_role("button", name=tables()[lang]["train.start"])
+            expect(start).to_be_visible(timeout=90_000)
             text = page.inner_text("body")
             leaked = sorted({m for m in KEY.findall(text) if m in keys})
             assert "__i18n__" not in text, f"{lang}: a translation marker reached the page as text"
