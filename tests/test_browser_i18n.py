@@ -30,6 +30,14 @@ DROPDOWN_TEXT_AND_ARROW = """() => {
 }"""
 
 
+# Labels (the settings' config keys) that run past the box they sit in, on the LLM tab; they would be cut.
+LABELS_PAST_THEIR_BOX = """() => [...document.querySelectorAll(
+    '#tab-llm [data-testid="block-info"], #tab-llm .checkbox-container .label-text')].map(label => {
+  const text = label.getBoundingClientRect(), box = label.closest('div.block').getBoundingClientRect();
+  return {text: label.textContent.trim(), left: text.left, right: text.right, box_left: box.left, box_right: box.right};
+}).filter(l => l.right > l.box_right + 1 || l.left < l.box_left - 1)"""
+
+
 def test_each_language_renders_without_raw_keys(server):  # noqa: F811 (the fixture imported above)
     from playwright.sync_api import expect, sync_playwright
 
@@ -49,6 +57,7 @@ def test_each_language_renders_without_raw_keys(server):  # noqa: F811 (the fixt
             # the method form and its buttons are drawn by gr.render after the page: wait for them, not for a time
             start = page.locator("#tab-llm").get_by_role("button", name=tables()[lang]["train.start"])
             expect(start).to_be_visible(timeout=90_000)
+            page.locator("#tab-llm").get_by_text(tables()[lang]["train.method_settings"]).first.click()
             text = page.inner_text("body")
             leaked = sorted({m for m in KEY.findall(text) if m in keys})
             assert "__i18n__" not in text, f"{lang}: a translation marker reached the page as text"
@@ -58,6 +67,7 @@ def test_each_language_renders_without_raw_keys(server):  # noqa: F811 (the fixt
             assert tables()[lang]["help.TrainingSettings.learning_rate"] in text  # help from the config, translated
             for box in page.evaluate(DROPDOWN_TEXT_AND_ARROW):  # a long choice (the task names) is cut, not overlapped
                 assert box["text_right"] <= box["arrow_left"] + 1, (lang, box)
+            assert page.evaluate(LABELS_PAST_THEIR_BOX) == [], lang  # a long config key wraps, it is not cut
             direction = page.evaluate("getComputedStyle(document.body).direction")
             assert direction == ("rtl" if lang == "ar" else "ltr"), (lang, direction)
             SHOTS.mkdir(parents=True, exist_ok=True)
