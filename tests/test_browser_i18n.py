@@ -53,11 +53,11 @@ def test_each_language_renders_without_raw_keys(server):  # noqa: F811 (the fixt
             page.goto(url)
             llm = tables()[lang]["tab.llm"]
             expect(page.get_by_role("tab", name=llm)).to_be_visible(timeout=90_000)
-            page.locator("#tab-llm").get_by_text(tables()[lang]["train.hyperparameters"]).first.click()
+            tab = page.locator("#tab-llm")
+            tab.get_by_text(tables()[lang]["train.hyperparameters"]).first.click()
             # the method form and its buttons are drawn by gr.render after the page: wait for them, not for a time
-            start = page.locator("#tab-llm").get_by_role("button", name=tables()[lang]["train.start"])
-            expect(start).to_be_visible(timeout=90_000)
-            page.locator("#tab-llm").get_by_text(tables()[lang]["train.method_settings"]).first.click()
+            expect(tab.get_by_role("button", name=tables()[lang]["train.start"])).to_be_visible(timeout=90_000)
+            tab.get_by_text(tables()[lang]["train.method_settings"]).first.click()
             text = page.inner_text("body")
             leaked = sorted({m for m in KEY.findall(text) if m in keys})
             assert "__i18n__" not in text, f"{lang}: a translation marker reached the page as text"
